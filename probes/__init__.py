@@ -1,0 +1,1 @@
+"""Layer-wise linear probes on activation stores."""
