@@ -1,0 +1,453 @@
+"""StoreWriter: append whole sequences to ``NAME.h5.partial``; ``close()`` finalises and renames it to
+``NAME.h5``.
+
+Why a killed dump can resume: every :meth:`StoreWriter.append` writes, in this order,
+
+1. the sequence's rows of every hook and its tokens (datasets grow past the committed end),
+2. the float64 running sums, sums of squares and overflow counts *including* this sequence into
+   checkpoint slot ``n % 2`` of the ``resume`` group, then the number ``n`` of sequences that slot covers,
+3. the sequence's end row into ``seq_offsets``: this is the commit point.
+
+A resumed writer trusts only ``seq_offsets``: it cuts every dataset back to ``seq_offsets[-1]`` rows and
+takes the checkpoint slot that covers exactly ``len(seq_offsets) - 1`` sequences (the other slot may be newer,
+half-written, or one sequence behind). Stats cannot be recomputed from stored rows because they are
+accumulated from the unrounded source values, hence the double-buffered checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .hooks import parse_hook, sort_hooks
+from .inputs import as_float_array, as_token_array, source_dtype_name
+from .layout import (
+    CHUNK_CACHE_BYTES,
+    CHUNK_CACHE_SLOTS,
+    COMPRESSIONS,
+    CONFIG,
+    FINGERPRINT_ATTRS,
+    FORMAT_NAME,
+    HOOKS_GROUP,
+    LIBVER,
+    PARTIAL_SUFFIX,
+    RESERVED_HOOK_ATTRS,
+    RESERVED_ROOT_ATTRS,
+    RESUME_GROUP,
+    SCHEMA_VERSION,
+    SEQ_OFFSETS,
+    STATS_GROUP,
+    STORAGE_DTYPES,
+    TOKENS,
+    VECTOR_CHUNK,
+    StoreError,
+    chunk_rows_for,
+    partial_path_for,
+    tokens_sha256,
+)
+from .resume import restore_state
+
+_F16 = np.dtype(np.float16)
+_F32 = np.dtype(np.float32)
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_attr_value(owner: str, key: str, value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        raise ValueError(f"{owner}[{key!r}] is {value}; attribute values must be finite")
+    if not isinstance(value, (str, bool, int, float)):
+        raise ValueError(
+            f"{owner}[{key!r}] is a {type(value).__name__}; attribute values must be str, int, float or bool "
+            "(put structured data in config)"
+        )
+    return value
+
+
+def _check_attrs(attrs: Mapping[str, Any] | None, reserved: frozenset[str], owner: str) -> dict[str, Any]:
+    attrs = dict(attrs or {})
+    clash = sorted(reserved & attrs.keys())
+    if clash:
+        raise ValueError(f"{owner} may not set {clash}: the store manages these itself")
+    return {str(k): _check_attr_value(owner, k, v) for k, v in attrs.items()}
+
+
+def _config_json(config: Mapping[str, Any] | None) -> str:
+    try:
+        return json.dumps(dict(config or {}), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"config must be JSON-serialisable (no NaN/inf): {exc}") from exc
+
+
+class StoreWriter:
+    """Write an activation store sequence by sequence; resumable if interrupted.
+
+    Parameters
+    ----------
+    path : str or Path
+        Final store path ``NAME.h5``; data goes to ``NAME.h5.partial`` until :meth:`close`.
+    hooks : mapping of str to int
+        Hook name -> width (columns) for every hook of every appended sequence.
+    dtype : {"float16", "float32"}
+        Storage dtype. With float16, a hook whose values would overflow float16 is converted to float32
+        (rows already written included) and its ``stored_dtype`` attribute says so.
+    compression : {None, "lzf", "gzip"}
+        Optional chunk compression (with byte shuffling).
+    attrs : mapping, optional
+        Root attributes (str/int/float/bool), e.g. ``model_fingerprint`` and ``adapter_fingerprint``
+        (both default to ``""``, meaning unknown / no adapter).
+    hook_attrs : mapping of str to mapping, optional
+        Extra per-hook attributes, e.g. ``{"blocks.0.attn.hook_z": {"n_heads": 9, "head_dim": 64}}``.
+    config : mapping, optional
+        Full run configuration, stored as JSON.
+    resume : bool
+        Continue an existing ``NAME.h5.partial`` written with the same arguments (else start afresh,
+        replacing it).
+    overwrite : bool
+        Allow replacing an existing ``NAME.h5`` when closing.
+    chunk_rows : int, optional
+        Rows per chunk of the hook datasets; default: 2-4 MiB chunks (see ``chunk_rows_for``).
+    flush_interval : float
+        Seconds between flushes of the file to disk; 0 flushes after every sequence.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        hooks: Mapping[str, int],
+        *,
+        dtype: str = "float16",
+        compression: str | None = None,
+        attrs: Mapping[str, Any] | None = None,
+        hook_attrs: Mapping[str, Mapping[str, Any]] | None = None,
+        config: Mapping[str, Any] | None = None,
+        resume: bool = True,
+        overwrite: bool = False,
+        chunk_rows: int | None = None,
+        flush_interval: float = 5.0,
+    ) -> None:
+        self.path = Path(path)
+        if self.path.name.endswith(PARTIAL_SUFFIX):
+            raise ValueError(f"pass the final store name, not the partial file: {self.path}")
+        self.partial_path = partial_path_for(self.path)
+        self.hooks = self._check_hooks(hooks)
+        if str(dtype) not in STORAGE_DTYPES:
+            raise ValueError(f"dtype must be one of {STORAGE_DTYPES}, got {dtype!r}")
+        self.dtype = np.dtype(str(dtype))
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
+        self.compression = compression
+        self.attrs = {name: "" for name in FINGERPRINT_ATTRS}
+        self.attrs.update(_check_attrs(attrs, RESERVED_ROOT_ATTRS, "attrs"))
+        self.hook_attrs = self._check_hook_attrs(hook_attrs or {})
+        self.config_json = _config_json(config)
+        if chunk_rows is not None and (
+            isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1
+        ):
+            raise ValueError(f"chunk_rows must be a positive int or None, got {chunk_rows!r}")
+        self._chunk_rows = chunk_rows
+        self._flush_interval = float(flush_interval)
+        self._overwrite = overwrite
+        self._refuse_existing_final()
+
+        self._filters = {"fletcher32": True, "compression": compression, "shuffle": compression is not None}
+        self._sums = {hook: np.zeros(width) for hook, width in self.hooks.items()}
+        self._sumsqs = {hook: np.zeros(width) for hook, width in self.hooks.items()}
+        self._overflow = dict.fromkeys(self.hooks, 0)
+        self._source_dtypes = dict.fromkeys(self.hooks, "")
+        self._n_rows = 0
+        self.n_sequences = 0
+        self._closed = False
+        if resume and self.partial_path.exists():
+            self._file = self._open("r+")
+            try:
+                state = restore_state(self._file, self.partial_path, self)
+            except BaseException:
+                self._file.close()
+                raise
+            self._n_rows, self.n_sequences = state.n_rows, state.n_sequences
+            self._sums, self._sumsqs = state.sums, state.sumsqs
+            self._overflow, self._source_dtypes = state.overflow, state.source_dtypes
+        else:
+            self._file = self._open("w")
+            try:
+                self._create_layout()
+            except BaseException:
+                self._file.close()
+                raise
+        self._last_flush = time.monotonic()
+
+    # ----------------------------------------------------------------------------------------------- checks
+    @staticmethod
+    def _check_hooks(hooks: Mapping[str, int]) -> dict[str, int]:
+        if not isinstance(hooks, Mapping) or not hooks:
+            raise ValueError("hooks must be a non-empty mapping of hook name -> width")
+        for hook, width in hooks.items():
+            parse_hook(hook)
+            if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
+                raise ValueError(f"width of {hook} must be a positive int, got {width!r}")
+        return {hook: int(hooks[hook]) for hook in sort_hooks(hooks)}
+
+    def _check_hook_attrs(self, hook_attrs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+        unknown = sorted(set(hook_attrs) - set(self.hooks))
+        if unknown:
+            raise ValueError(f"hook_attrs names hooks that are not in hooks: {unknown}")
+        checked = {
+            hook: _check_attrs(hook_attrs.get(hook), RESERVED_HOOK_ATTRS, f"hook_attrs[{hook!r}]")
+            for hook in self.hooks
+        }
+        for hook, extra in checked.items():
+            if (
+                "n_heads" in extra
+                and "head_dim" in extra
+                and extra["n_heads"] * extra["head_dim"] != self.hooks[hook]
+            ):
+                raise ValueError(
+                    f"{hook}: n_heads * head_dim = {extra['n_heads']} * {extra['head_dim']} "
+                    f"does not equal its width {self.hooks[hook]}"
+                )
+        return checked
+
+    def _refuse_existing_final(self) -> None:
+        if self.path.exists() and not self._overwrite:
+            raise FileExistsError(f"{self.path} already exists; pass overwrite=True to replace it")
+
+    def _open(self, mode: str) -> h5py.File:
+        try:
+            return h5py.File(
+                self.partial_path,
+                mode,
+                libver=LIBVER,
+                rdcc_nbytes=CHUNK_CACHE_BYTES,
+                rdcc_nslots=CHUNK_CACHE_SLOTS,
+            )
+        except OSError as exc:
+            action = "resume" if mode == "r+" else "create"
+            raise StoreError(
+                f"{self.partial_path}: cannot {action} the partial dump ({exc}); if it is damaged or "
+                "locked by another writer, stop that writer or delete the file"
+            ) from exc
+
+    # ---------------------------------------------------------------------------------------------- layout
+    def _create_layout(self) -> None:
+        f = self._file
+        f.attrs.update(
+            {
+                "format": FORMAT_NAME,
+                "schema_version": SCHEMA_VERSION,
+                "complete": False,
+                "requested_dtype": self.dtype.name,
+                "compression": self.compression or "none",
+                "tokens_sha256": "",
+                "config_sha256": hashlib.sha256(self.config_json.encode()).hexdigest(),
+            }
+        )
+        f.attrs.update(self.attrs)
+        f.create_dataset(
+            TOKENS, shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(VECTOR_CHUNK,), **self._filters
+        )
+        f.create_dataset(
+            SEQ_OFFSETS, data=np.zeros(1, np.int64), maxshape=(None,), chunks=(VECTOR_CHUNK,), **self._filters
+        )
+        f.create_dataset(CONFIG, data=self.config_json, dtype=h5py.string_dtype("utf-8"))
+        group = f.create_group(HOOKS_GROUP)
+        resume = f.create_group(RESUME_GROUP)
+        # Slot 0 holds the empty state (0 sequences); slot 1 is not valid yet.
+        resume.create_dataset("slot_sequences", data=np.array([0, -1], np.int64))
+        resume.create_dataset("overflow_counts", shape=(2, len(self.hooks)), dtype=np.int64)
+        slot_stats = resume.create_group("stats")
+        for hook, width in self.hooks.items():
+            dataset = self._create_hook_dataset(group, hook, self.dtype, rows=0)
+            dataset.attrs.update(
+                {"width": width, "stored_dtype": self.dtype.name, "source_dtype": "", "overflow_count": 0}
+            )
+            dataset.attrs.update(self.hook_attrs[hook])
+            slot_stats.create_dataset(hook, shape=(2, 2, width), dtype=np.float64)
+
+    def _create_hook_dataset(self, group: h5py.Group, hook: str, dtype: np.dtype, rows: int) -> h5py.Dataset:
+        width = self.hooks[hook]
+        chunk = self._chunk_rows or chunk_rows_for(width, dtype.itemsize)
+        return group.create_dataset(
+            hook,
+            shape=(rows, width),
+            maxshape=(None, width),
+            dtype=dtype,
+            chunks=(chunk, width),
+            **self._filters,
+        )
+
+    def _convert_to_float32(self, hook: str) -> h5py.Dataset:
+        """Replace a float16 hook dataset by a float32 copy (exact: every float16 is a float32)."""
+        f = self._file
+        old = f[HOOKS_GROUP][hook]
+        # Copy under resume/float32 first: a crash before the final move leaves the float16 original intact,
+        # and one after the delete leaves a complete copy (resume.py finishes either case).
+        new = self._create_hook_dataset(
+            f[RESUME_GROUP].require_group("float32"), hook, _F32, rows=self._n_rows
+        )
+        step = new.chunks[0]
+        for start in range(0, self._n_rows, step):
+            stop = min(start + step, self._n_rows)
+            new[start:stop] = old[start:stop].astype(_F32)
+        new.attrs.update(dict(old.attrs))
+        new.attrs["stored_dtype"] = _F32.name
+        del f[HOOKS_GROUP][hook]
+        f.move(new.name, f"{HOOKS_GROUP}/{hook}")
+        return f[HOOKS_GROUP][hook]
+
+    # ---------------------------------------------------------------------------------------------- append
+    def append(self, tokens: Any, acts: Mapping[str, Any]) -> None:
+        """Append one whole sequence.
+
+        Parameters
+        ----------
+        tokens : array-like of int, shape (T,)
+            Token ids of the sequence.
+        acts : mapping of str to array-like, each shape (T, width)
+            Activations of every hook of the store, any float dtype (bfloat16 included).
+        """
+        self._check_open()
+        tokens = as_token_array(tokens)
+        n = len(tokens)
+        prepared = self._prepare(n, acts)
+        start, stop = self._n_rows, self._n_rows + n
+        hooks = self._file[HOOKS_GROUP]
+        # Datasets are resized to exactly `stop`, so rows left behind by a failed append are overwritten.
+        for hook, (values, as_f16, overflow) in prepared.items():
+            dataset = hooks[hook]
+            if dataset.dtype == _F16 and overflow:
+                dataset = self._convert_to_float32(hook)
+            dataset.resize(stop, axis=0)
+            dataset[start:stop] = as_f16 if dataset.dtype == _F16 else values.astype(_F32, copy=False)
+        token_dataset = self._file[TOKENS]
+        token_dataset.resize(stop, axis=0)
+        token_dataset[start:stop] = tokens
+        self._commit(prepared, {hook: source_dtype_name(acts[hook]) for hook in self.hooks}, stop)
+
+    def _prepare(self, n: int, acts: Mapping[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+        """Check every hook's activations before anything is written.
+
+        Returns hook -> (values, their float16 cast, count of values that overflow float16).
+        """
+        if not isinstance(acts, Mapping):
+            raise ValueError(
+                f"acts must be a mapping of hook name -> (T, width) array, got {type(acts).__name__}"
+            )
+        missing, extra = sorted(set(self.hooks) - set(acts)), sorted(set(acts) - set(self.hooks))
+        if missing or extra:
+            raise ValueError(
+                f"acts must hold exactly the store's hooks; missing {missing}, unexpected {extra}"
+            )
+        prepared = {}
+        where = f"sequence {self.n_sequences}"
+        for hook, width in self.hooks.items():
+            source_dtype = source_dtype_name(acts[hook])
+            if self._source_dtypes[hook] and source_dtype != self._source_dtypes[hook]:
+                raise ValueError(
+                    f"{hook}: {where} is {source_dtype} but earlier sequences were "
+                    f"{self._source_dtypes[hook]}; append one dtype per hook"
+                )
+            values = as_float_array(acts[hook], hook)
+            if values.shape != (n, width):
+                raise ValueError(
+                    f"{hook}: {where} has shape {values.shape}, expected ({n}, {width}) "
+                    "(one row per token, the width given in hooks)"
+                )
+            finite = np.isfinite(values)
+            if not finite.all():
+                row, col = np.argwhere(~finite)[0]
+                raise ValueError(
+                    f"{hook}: {where} has non-finite activations (first at position {row}, "
+                    f"column {col}); refusing to store NaN/inf"
+                )
+            if values.dtype.itemsize > 4 and np.abs(values).max() > _F32_MAX:
+                raise ValueError(f"{hook}: {where} has values beyond the float32 range; rescale them")
+            with np.errstate(over="ignore"):
+                as_f16 = values.astype(_F16)
+            prepared[hook] = (values, as_f16, int(np.count_nonzero(np.isinf(as_f16))))
+        return prepared
+
+    def _commit(
+        self,
+        prepared: dict[str, tuple[np.ndarray, np.ndarray, int]],
+        source_dtypes: dict[str, str],
+        stop: int,
+    ) -> None:
+        n_new = self.n_sequences + 1
+        slot = n_new % 2
+        resume = self._file[RESUME_GROUP]
+        sums, sumsqs, overflow = {}, {}, {}
+        for hook, (values, _, count) in prepared.items():
+            wide = values.astype(np.float64)
+            sums[hook] = self._sums[hook] + wide.sum(axis=0)
+            sumsqs[hook] = self._sumsqs[hook] + np.einsum("ij,ij->j", wide, wide)
+            overflow[hook] = self._overflow[hook] + count
+            resume["stats"][hook][slot] = np.stack([sums[hook], sumsqs[hook]])
+            if not self._source_dtypes[hook]:
+                self._file[HOOKS_GROUP][hook].attrs["source_dtype"] = source_dtypes[hook]
+        resume["overflow_counts"][slot] = np.array([overflow[hook] for hook in self.hooks], np.int64)
+        resume["slot_sequences"][slot] = n_new
+        offsets = self._file[SEQ_OFFSETS]
+        offsets.resize(n_new + 1, axis=0)
+        offsets[n_new] = stop
+        self._sums, self._sumsqs, self._overflow = sums, sumsqs, overflow
+        self._source_dtypes = source_dtypes
+        self._n_rows, self.n_sequences = stop, n_new
+        if time.monotonic() - self._last_flush >= self._flush_interval:
+            self._file.flush()
+            self._last_flush = time.monotonic()
+
+    # ----------------------------------------------------------------------------------------------- close
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"{self.path}: the writer is closed")
+
+    def close(self) -> Path:
+        """Finalise the store (tokens_sha256, stats, attributes), rename it to ``NAME.h5``, return that."""
+        if self._closed:
+            return self.path
+        self._refuse_existing_final()
+        f = self._file
+        n = self._n_rows
+        f[TOKENS].resize(n, axis=0)
+        stats = f.require_group(STATS_GROUP)
+        for hook in self.hooks:
+            dataset = f[HOOKS_GROUP][hook]
+            dataset.resize(n, axis=0)
+            dataset.attrs.update(
+                {"overflow_count": self._overflow[hook], "source_dtype": self._source_dtypes[hook]}
+            )
+            if hook in stats:
+                del stats[hook]
+            stats.create_dataset(hook, data=np.stack([self._sums[hook], self._sumsqs[hook]]))
+            stats[hook].attrs["count"] = n
+        f.attrs["tokens_sha256"] = tokens_sha256(f[TOKENS][:], f[SEQ_OFFSETS][:])
+        del f[RESUME_GROUP]
+        f.attrs["complete"] = True
+        f.close()
+        os.replace(self.partial_path, self.path)
+        self._closed = True
+        return self.path
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        elif not self._closed:
+            # Keep the .partial: everything up to the last whole sequence is resumable.
+            self._file.close()
+            self._closed = True
