@@ -1,9 +1,10 @@
 """The HDF5 activation store: the contract between the model side and the analysis side
 (numpy + h5py only)."""
 
+from .blocks import Block, PairedBlock, paired_blocks
 from .hooks import HOOK_KINDS, hook_name, parse_hook, sort_hooks
 from .layout import SCHEMA_VERSION, StoreError, StoreMismatchError, partial_path_for, tokens_sha256
-from .reader import Block, PairedBlock, Store, paired_blocks
+from .reader import Store
 from .writer import StoreWriter
 
 __all__ = [

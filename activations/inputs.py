@@ -1,11 +1,17 @@
-"""Turning what callers append (numpy, ml_dtypes bfloat16, MLX arrays, lists) into checked numpy arrays."""
+"""Checking what callers pass to a writer: arrays (numpy, ml_dtypes bfloat16, MLX, lists), hooks, attributes
+and the run configuration."""
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from .hooks import parse_hook, sort_hooks
+from .layout import RESERVED_HOOK_ATTRS
 
 _INT32 = np.iinfo(np.int32)
 _NUMPY_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
@@ -84,3 +90,64 @@ def as_token_array(tokens: Any) -> np.ndarray:
             "padding or sentinel ids do not belong in a store"
         )
     return array.astype(np.int32, copy=False)
+
+
+def _check_attr_value(owner: str, key: str, value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        raise ValueError(f"{owner}[{key!r}] is {value}; attribute values must be finite")
+    if not isinstance(value, (str, bool, int, float)):
+        raise ValueError(
+            f"{owner}[{key!r}] is a {type(value).__name__}; attribute values must be str, int, float or bool "
+            "(put structured data in config)"
+        )
+    return value
+
+
+def check_attrs(attrs: Mapping[str, Any] | None, reserved: frozenset[str], owner: str) -> dict[str, Any]:
+    """Check caller attributes: none of the ``reserved`` names; values str/int/float/bool."""
+    attrs = dict(attrs or {})
+    clash = sorted(reserved & attrs.keys())
+    if clash:
+        raise ValueError(f"{owner} may not set {clash}: the store manages these itself")
+    return {str(k): _check_attr_value(owner, k, v) for k, v in attrs.items()}
+
+
+def config_json(config: Mapping[str, Any] | None) -> str:
+    """The run configuration as canonical JSON (sorted keys), so resumed runs can compare it exactly."""
+    try:
+        return json.dumps(dict(config or {}), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"config must be JSON-serialisable (no NaN/inf): {exc}") from exc
+
+
+def check_hooks(hooks: Mapping[str, int]) -> dict[str, int]:
+    """Check ``{hook name: width}`` and return it sorted by layer, then kind."""
+    if not isinstance(hooks, Mapping) or not hooks:
+        raise ValueError("hooks must be a non-empty mapping of hook name -> width")
+    for hook, width in hooks.items():
+        parse_hook(hook)
+        if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
+            raise ValueError(f"width of {hook} must be a positive int, got {width!r}")
+    return {hook: int(hooks[hook]) for hook in sort_hooks(hooks)}
+
+
+def check_hook_attrs(
+    hook_attrs: Mapping[str, Mapping[str, Any]], hooks: Mapping[str, int]
+) -> dict[str, dict[str, Any]]:
+    """Check per-hook attributes; returns one (possibly empty) dict for every hook of ``hooks``."""
+    unknown = sorted(set(hook_attrs) - set(hooks))
+    if unknown:
+        raise ValueError(f"hook_attrs names hooks that are not in hooks: {unknown}")
+    checked = {
+        hook: check_attrs(hook_attrs.get(hook), RESERVED_HOOK_ATTRS, f"hook_attrs[{hook!r}]")
+        for hook in hooks
+    }
+    for hook, extra in checked.items():
+        heads, head_dim = extra.get("n_heads"), extra.get("head_dim")
+        if heads is not None and head_dim is not None and heads * head_dim != hooks[hook]:
+            raise ValueError(
+                f"{hook}: n_heads * head_dim = {heads} * {head_dim} does not equal its width {hooks[hook]}"
+            )
+    return checked

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -14,6 +12,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .blocks import Block, block_rows_for
 from .hooks import sort_hooks
 from .layout import (
     CHUNK_CACHE_BYTES,
@@ -28,38 +27,13 @@ from .layout import (
     STORAGE_DTYPES,
     TOKENS,
     StoreError,
-    StoreMismatchError,
     partial_path_for,
     tokens_sha256,
 )
 from .resume import native
 
-# Default blocks hold at least this many rows (rounded up to a multiple of every chunk's rows).
-MIN_BLOCK_ROWS = 1024
 # Everything h5py or HDF5 raises for damaged files; wrapped into StoreError at the boundary.
 _H5_ERRORS = (OSError, KeyError, RuntimeError, TypeError, IndexError, AttributeError, ValueError)
-
-
-@dataclass(frozen=True)
-class Block:
-    """Rows ``start:stop`` of some hooks of one store; ``seq_ids``: (rows,) sequence index of every row;
-    ``arrays``: hook -> float32 (rows, width)."""
-
-    start: int
-    stop: int
-    seq_ids: np.ndarray
-    arrays: dict[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class PairedBlock:
-    """Rows ``start:stop`` of two stores over the same tokens; ``a``/``b``: hook -> float32 (rows, width)."""
-
-    start: int
-    stop: int
-    seq_ids: np.ndarray
-    a: dict[str, np.ndarray]
-    b: dict[str, np.ndarray]
 
 
 def _incomplete(path: Path) -> StoreError:
@@ -328,7 +302,8 @@ class Store:
             raise IndexError(f"sequence index {index!r} is outside 0..{self.n_sequences - 1} of {self.path}")
         return self.read(hook, int(self._offsets[index]), int(self._offsets[index + 1]))
 
-    def _hook_list(self, hooks: str | Iterable[str]) -> list[str]:
+    def checked_hooks(self, hooks: str | Iterable[str]) -> list[str]:
+        """``hooks`` (one name or several) as a list, after checking the store has each of them."""
         hooks = [hooks] if isinstance(hooks, str) else list(hooks)
         if not hooks:
             raise ValueError("pass at least one hook")
@@ -342,8 +317,8 @@ class Store:
         ``block_rows`` defaults to a multiple of every hook's chunk rows (at least ``MIN_BLOCK_ROWS``), so
         each block reads whole chunks.
         """
-        hooks = self._hook_list(hooks)
-        rows = _block_rows([(self, hooks)], block_rows)
+        hooks = self.checked_hooks(hooks)
+        rows = block_rows_for([(self, hooks)], block_rows)
 
         def blocks() -> Iterator[Block]:
             ids = self.row_sequence_ids
@@ -372,59 +347,3 @@ class Store:
             f"Store({str(self.path)!r}, n_tokens={self.n_tokens}, n_sequences={self.n_sequences}, "
             f"hooks={len(self._hooks)})"
         )
-
-
-def _block_rows(selections: list[tuple[Store, list[str]]], block_rows: int | None) -> int:
-    if block_rows is not None:
-        if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
-            raise ValueError(f"block_rows must be a positive int, got {block_rows!r}")
-        return int(block_rows)
-    chunk = math.lcm(*(store.chunk_rows(hook) for store, hooks in selections for hook in hooks))
-    return chunk * math.ceil(MIN_BLOCK_ROWS / chunk)
-
-
-def paired_blocks(
-    a: Store,
-    b: Store,
-    hooks_a: str | Iterable[str],
-    hooks_b: str | Iterable[str] | None = None,
-    block_rows: int | None = None,
-) -> Iterator[PairedBlock]:
-    """Yield row-aligned :class:`PairedBlock` s of two stores over the same token set.
-
-    Parameters
-    ----------
-    a, b : Store
-        Stores whose ``tokens_sha256`` must match (same tokens, same sequences, same order).
-    hooks_a, hooks_b : str or iterable of str
-        Hooks to read from ``a`` and ``b`` (``hooks_b`` defaults to ``hooks_a``).
-    block_rows : int, optional
-        Rows per block; default aligned to the chunks of every hook read.
-
-    Raises
-    ------
-    StoreMismatchError
-        Immediately (not at the first block) if the token sets differ.
-    """
-    if a.tokens_sha256 != b.tokens_sha256:
-        raise StoreMismatchError(
-            f"cannot pair {a.path} (tokens_sha256 {a.tokens_sha256}) with {b.path} (tokens_sha256 "
-            f"{b.tokens_sha256}): they hold different token sets; dump both models over the same tokens"
-        )
-    hooks_a = a._hook_list(hooks_a)
-    hooks_b = b._hook_list(hooks_a if hooks_b is None else hooks_b)
-    rows = _block_rows([(a, hooks_a), (b, hooks_b)], block_rows)
-
-    def blocks() -> Iterator[PairedBlock]:
-        ids = a.row_sequence_ids
-        for start in range(0, a.n_tokens, rows):
-            stop = min(start + rows, a.n_tokens)
-            yield PairedBlock(
-                start,
-                stop,
-                ids[start:stop],
-                {hook: a.read(hook, start, stop) for hook in hooks_a},
-                {hook: b.read(hook, start, stop) for hook in hooks_b},
-            )
-
-    return blocks()

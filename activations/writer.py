@@ -17,7 +17,6 @@ accumulated from the unrounded source values, hence the double-buffered checkpoi
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections.abc import Mapping
@@ -28,8 +27,15 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .hooks import parse_hook, sort_hooks
-from .inputs import as_float_array, as_token_array, source_dtype_name
+from .inputs import (
+    as_float_array,
+    as_token_array,
+    check_attrs,
+    check_hook_attrs,
+    check_hooks,
+    config_json,
+    source_dtype_name,
+)
 from .layout import (
     CHUNK_CACHE_BYTES,
     CHUNK_CACHE_SLOTS,
@@ -40,7 +46,6 @@ from .layout import (
     HOOKS_GROUP,
     LIBVER,
     PARTIAL_SUFFIX,
-    RESERVED_HOOK_ATTRS,
     RESERVED_ROOT_ATTRS,
     RESUME_GROUP,
     SCHEMA_VERSION,
@@ -59,34 +64,6 @@ from .resume import restore_state
 _F16 = np.dtype(np.float16)
 _F32 = np.dtype(np.float32)
 _F32_MAX = float(np.finfo(np.float32).max)
-
-
-def _check_attr_value(owner: str, key: str, value: Any) -> Any:
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        raise ValueError(f"{owner}[{key!r}] is {value}; attribute values must be finite")
-    if not isinstance(value, (str, bool, int, float)):
-        raise ValueError(
-            f"{owner}[{key!r}] is a {type(value).__name__}; attribute values must be str, int, float or bool "
-            "(put structured data in config)"
-        )
-    return value
-
-
-def _check_attrs(attrs: Mapping[str, Any] | None, reserved: frozenset[str], owner: str) -> dict[str, Any]:
-    attrs = dict(attrs or {})
-    clash = sorted(reserved & attrs.keys())
-    if clash:
-        raise ValueError(f"{owner} may not set {clash}: the store manages these itself")
-    return {str(k): _check_attr_value(owner, k, v) for k, v in attrs.items()}
-
-
-def _config_json(config: Mapping[str, Any] | None) -> str:
-    try:
-        return json.dumps(dict(config or {}), sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"config must be JSON-serialisable (no NaN/inf): {exc}") from exc
 
 
 class StoreWriter:
@@ -140,7 +117,7 @@ class StoreWriter:
         if self.path.name.endswith(PARTIAL_SUFFIX):
             raise ValueError(f"pass the final store name, not the partial file: {self.path}")
         self.partial_path = partial_path_for(self.path)
-        self.hooks = self._check_hooks(hooks)
+        self.hooks = check_hooks(hooks)
         if str(dtype) not in STORAGE_DTYPES:
             raise ValueError(f"dtype must be one of {STORAGE_DTYPES}, got {dtype!r}")
         self.dtype = np.dtype(str(dtype))
@@ -148,9 +125,9 @@ class StoreWriter:
             raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
         self.compression = compression
         self.attrs = {name: "" for name in FINGERPRINT_ATTRS}
-        self.attrs.update(_check_attrs(attrs, RESERVED_ROOT_ATTRS, "attrs"))
-        self.hook_attrs = self._check_hook_attrs(hook_attrs or {})
-        self.config_json = _config_json(config)
+        self.attrs.update(check_attrs(attrs, RESERVED_ROOT_ATTRS, "attrs"))
+        self.hook_attrs = check_hook_attrs(hook_attrs or {}, self.hooks)
+        self.config_json = config_json(config)
         if chunk_rows is not None and (
             isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1
         ):
@@ -186,37 +163,6 @@ class StoreWriter:
                 self._file.close()
                 raise
         self._last_flush = time.monotonic()
-
-    # ----------------------------------------------------------------------------------------------- checks
-    @staticmethod
-    def _check_hooks(hooks: Mapping[str, int]) -> dict[str, int]:
-        if not isinstance(hooks, Mapping) or not hooks:
-            raise ValueError("hooks must be a non-empty mapping of hook name -> width")
-        for hook, width in hooks.items():
-            parse_hook(hook)
-            if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
-                raise ValueError(f"width of {hook} must be a positive int, got {width!r}")
-        return {hook: int(hooks[hook]) for hook in sort_hooks(hooks)}
-
-    def _check_hook_attrs(self, hook_attrs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-        unknown = sorted(set(hook_attrs) - set(self.hooks))
-        if unknown:
-            raise ValueError(f"hook_attrs names hooks that are not in hooks: {unknown}")
-        checked = {
-            hook: _check_attrs(hook_attrs.get(hook), RESERVED_HOOK_ATTRS, f"hook_attrs[{hook!r}]")
-            for hook in self.hooks
-        }
-        for hook, extra in checked.items():
-            if (
-                "n_heads" in extra
-                and "head_dim" in extra
-                and extra["n_heads"] * extra["head_dim"] != self.hooks[hook]
-            ):
-                raise ValueError(
-                    f"{hook}: n_heads * head_dim = {extra['n_heads']} * {extra['head_dim']} "
-                    f"does not equal its width {self.hooks[hook]}"
-                )
-        return checked
 
     def _refuse_existing_final(self) -> None:
         if self.path.exists() and not self._overwrite:
