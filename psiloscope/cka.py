@@ -12,16 +12,19 @@ L = YYᵀ their linear Gram matrices, H = I - 11ᵀ/n the centring matrix.
   annihilates the a_i + a_j + c terms a shift adds to K), so centring at the end is exact.
 * CKA = HSIC(X, Y) / √(HSIC(X, X)·HSIC(Y, Y)); "debiased CKA" uses HSIC_u throughout.
 
-Negative values: HSIC_u is an unbiased estimate and can fall below zero when X and Y are (nearly)
-independent, so debiased CKA can be slightly negative; it is returned as is, because clipping would bias
-the estimate and hide what the data say.  A denominator HSIC_u(X, X) <= 0 means the sample is too small
-or the representation (nearly) constant: the measure is undefined and ValueError is raised.
+Negative values: HSIC_u(X, Y) is an unbiased estimate and often falls below zero when X and Y are
+independent, so debiased CKA can be slightly negative; it is returned as is, because clipping would
+bias the estimate and hide what the data say.  The denominators cannot go negative in exact arithmetic
+(HSIC_u(X, X) = ‖U-centred K‖²_F / (n(n-3)) >= 0) and vanish only for a constant representation,
+where ValueError is raised; a value <= 0 from rounding is treated the same way.
 
 Streaming sufficient statistics are kept by :class:`psiloscope.resample.PairMoments`, which also serves
 the block bootstrap; :func:`hsic_from_sums` turns their power sums into HSIC terms.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -31,11 +34,14 @@ from psiloscope._checks import (
     check_min_rows,
     check_not_constant,
     check_paired,
+    check_positive_int,
 )
 from psiloscope.resample import PairMoments, WeightedSums
 
 __all__ = [
     "CKAAccumulator",
+    "MinibatchCKA",
+    "cka_matrix",
     "cka_from_sums",
     "centre_gram",
     "cka_from_grams",
@@ -259,3 +265,105 @@ class CKAAccumulator:
         check_min_rows(int(self.moments_.n.sum()), MIN_ROWS_UNBIASED if self.debiased else 2,
                        "debiased (unbiased-HSIC) CKA" if self.debiased else "CKA")
         return cka_from_sums(self.moments_.weighted_sums(np.ones((1, 1))), debiased=self.debiased)
+
+
+class MinibatchCKA:
+    """Layer×layer CKA by minibatch unbiased HSIC (Nguyen et al. 2021), streaming over row chunks.
+
+    Rows of each chunk are shuffled (seeded) and split into batches of ``batch_size`` to ``2·batch_size-1``
+    rows.  Per batch, the centred Gram matrices of all layers are stacked as rows of Gₐ: (La, b²) and
+    G_b: (Lb, b²), so one product Gₐ G_bᵀ gives every pair's HSIC.  CKA is the ratio of the *sums* over
+    batches, Σ HSIC(A_i, B_j) / √(Σ HSIC(A_i, A_i) · Σ HSIC(B_j, B_j)); averaging per-batch CKA instead
+    would be biased.  A chunk shorter than one batch is carried into the next; at most 3 trailing rows
+    (too few for unbiased HSIC) are left out.  Cost per batch O(b²·Σd + b²·La·Lb).
+
+    Parameters
+    ----------
+    batch_size : rows per batch (>= 4 for debiased, >= 2 otherwise).
+    debiased : unbiased (U-centred) HSIC per batch; with False the per-batch biased HSIC is summed,
+        which stays biased at small batch sizes.
+    seed : seed of the row shuffle.
+    """
+
+    def __init__(self, batch_size: int = 256, debiased: bool = True, seed: int = 0) -> None:
+        self.batch_size = batch_size
+        self.debiased = debiased
+        self.seed = seed
+
+    @property
+    def _min_rows(self) -> int:
+        return MIN_ROWS_UNBIASED if self.debiased else 2
+
+    def update(self, As: Sequence[object], Bs: Sequence[object]) -> MinibatchCKA:
+        """Add paired rows: As is a list of (m, d_i) arrays, Bs a list of (m, d_j) arrays; returns self."""
+        As = [as_matrix(a, f"As[{i}]") for i, a in enumerate(As)]
+        Bs = [as_matrix(b, f"Bs[{j}]") for j, b in enumerate(Bs)]
+        if not As or not Bs:
+            raise ValueError("As and Bs must each hold at least one (n_samples, n_features) array.")
+        for j, b in enumerate(As[1:] + Bs):
+            check_paired(As[0], b, what=f"array {j + 1} of the chunk")
+        if not hasattr(self, "cross_"):
+            check_positive_int(self.batch_size, "batch_size", minimum=self._min_rows)
+            self.rng_ = np.random.default_rng(self.seed)
+            self.cross_ = np.zeros((len(As), len(Bs)))
+            self.self_a_, self.self_b_ = np.zeros(len(As)), np.zeros(len(Bs))
+            self.carry_: tuple[list[np.ndarray], list[np.ndarray]] | None = None
+            self.n_used_ = 0
+        elif self.cross_.shape != (len(As), len(Bs)):
+            raise ValueError(f"Expected {self.cross_.shape[0]} + {self.cross_.shape[1]} arrays per chunk, "
+                             f"as in the first update; got {len(As)} + {len(Bs)}.")
+        if self.carry_ is not None:
+            As = [np.concatenate([c, a]) for c, a in zip(self.carry_[0], As, strict=True)]
+            Bs = [np.concatenate([c, b]) for c, b in zip(self.carry_[1], Bs, strict=True)]
+            self.carry_ = None
+        n_batches = len(As[0]) // self.batch_size
+        if n_batches == 0:
+            self.carry_ = (As, Bs)
+            return self
+        for rows in np.array_split(self.rng_.permutation(len(As[0])), n_batches):
+            cross, self_a, self_b = self._batch_hsic([a[rows] for a in As], [b[rows] for b in Bs])
+            self.cross_ += cross
+            self.self_a_ += self_a
+            self.self_b_ += self_b
+            self.n_used_ += len(rows)
+        return self
+
+    def _batch_hsic(self, As: list[np.ndarray], Bs: list[np.ndarray]):
+        scale = hsic_scale(len(As[0]), self.debiased)
+
+        def stacked_grams(arrays: list[np.ndarray]) -> np.ndarray:
+            centred = [a - a.mean(axis=0) for a in arrays]  # Gram centring is exact; this avoids cancellation
+            return np.stack([centre_gram(c @ c.T, unbiased=self.debiased).ravel() for c in centred])
+
+        Ga, Gb = stacked_grams(As), stacked_grams(Bs)
+        self_a, self_b = np.einsum("ij,ij->i", Ga, Ga), np.einsum("ij,ij->i", Gb, Gb)
+        return scale * (Ga @ Gb.T), scale * self_a, scale * self_b
+
+    def result(self) -> np.ndarray:
+        """(len(As), len(Bs)) CKA matrix of all rows seen so far."""
+        if not hasattr(self, "cross_"):
+            raise ValueError("No rows seen yet; call update(As, Bs) first.")
+        cross, self_a, self_b = self.cross_.copy(), self.self_a_.copy(), self.self_b_.copy()
+        if self.carry_ is not None and len(self.carry_[0][0]) >= self._min_rows:
+            for total, part in zip((cross, self_a, self_b), self._batch_hsic(*self.carry_), strict=True):
+                total += part
+        elif self.n_used_ == 0:
+            raise ValueError(f"Minibatch CKA needs at least {self._min_rows} rows in total; "
+                             "pass more samples.")
+        for values, name in ((self_a, "As"), (self_b, "Bs")):
+            bad = np.flatnonzero(~(values > 0))
+            if bad.size:
+                raise ValueError(f"{name}[{int(bad[0])}] has summed self-HSIC {values[bad[0]]:.3g} <= 0 "
+                                 "(constant or too few rows per batch); drop it or use larger batches.")
+        return cross / np.sqrt(np.outer(self_a, self_b))
+
+
+def cka_matrix(As: Sequence[object], Bs: Sequence[object], *, batch_size: int = 256, debiased: bool = True,
+               seed: int = 0) -> np.ndarray:
+    """Layer×layer CKA matrix by minibatch HSIC (see :class:`MinibatchCKA`).
+
+    As : list of (n_samples, d_i) arrays (e.g. every layer of model A); Bs : list of (n_samples, d_j).
+    Returns (len(As), len(Bs)).  Rows are shuffled with ``seed`` before batching.  Invariant to orthogonal
+    maps, isotropic scaling and translation of each layer.  Cost O(n·b·Σd + n·b·La·Lb).
+    """
+    return MinibatchCKA(batch_size, debiased, seed).update(As, Bs).result()
