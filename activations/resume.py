@@ -117,13 +117,14 @@ def restore_state(f: h5py.File, path: Path, writer: StoreWriter) -> WriterState:
         If the partial dump was written with other arguments or is damaged.
     """
     try:
+        if RESUME_GROUP in f:
+            _finish_float32_conversions(f)  # first: until then a hook may be missing from the hooks group
         _check_matches(f, path, writer)
         offsets = f[SEQ_OFFSETS][:]
         n_sequences = len(offsets) - 1
         if offsets.ndim != 1 or n_sequences < 0 or offsets[0] != 0 or np.any(np.diff(offsets) <= 0):
             raise StoreError(f"{path}: seq_offsets is damaged; delete the partial file to start over")
         n_rows = int(offsets[-1])
-        _finish_float32_conversions(f)
         resume = f[RESUME_GROUP]
         slots = np.flatnonzero(resume["slot_sequences"][:] == n_sequences)
         if len(slots) == 0:

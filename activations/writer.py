@@ -59,6 +59,7 @@ from .layout import (
     partial_path_for,
     tokens_sha256,
 )
+from .recovery import clear_stale_write_flag
 from .resume import restore_state
 
 _F16 = np.dtype(np.float16)
@@ -169,7 +170,7 @@ class StoreWriter:
             raise FileExistsError(f"{self.path} already exists; pass overwrite=True to replace it")
 
     def _open(self, mode: str) -> h5py.File:
-        try:
+        def open_file() -> h5py.File:
             return h5py.File(
                 self.partial_path,
                 mode,
@@ -177,6 +178,15 @@ class StoreWriter:
                 rdcc_nbytes=CHUNK_CACHE_BYTES,
                 rdcc_nslots=CHUNK_CACHE_SLOTS,
             )
+
+        try:
+            try:
+                return open_file()
+            except OSError:
+                # A writer that was killed leaves HDF5's "open for write" flag set; clear it unless alive.
+                if mode == "r+" and clear_stale_write_flag(self.partial_path):
+                    return open_file()
+                raise
         except OSError as exc:
             action = "resume" if mode == "r+" else "create"
             raise StoreError(
