@@ -16,9 +16,7 @@ _SUFFIX_OF_KIND = {
 }
 _KIND_OF_SUFFIX = {suffix: kind for kind, suffix in _SUFFIX_OF_KIND.items()}
 # Canonical layer numbers only ("blocks.03" is refused) so that names round-trip exactly.
-_HOOK_PATTERN = re.compile(
-    r"blocks\.(0|[1-9][0-9]*)\.(" + "|".join(re.escape(s) for s in _KIND_OF_SUFFIX) + ")"
-)
+_HOOK_PATTERN = re.compile(r"blocks\.(0|[1-9][0-9]*)\.(" + "|".join(re.escape(s) for s in _KIND_OF_SUFFIX) + ")")
 
 
 def hook_name(layer: int, kind: str) -> str:

@@ -140,10 +140,7 @@ def check_hook_attrs(
     unknown = sorted(set(hook_attrs) - set(hooks))
     if unknown:
         raise ValueError(f"hook_attrs names hooks that are not in hooks: {unknown}")
-    checked = {
-        hook: check_attrs(hook_attrs.get(hook), RESERVED_HOOK_ATTRS, f"hook_attrs[{hook!r}]")
-        for hook in hooks
-    }
+    checked = {hook: check_attrs(hook_attrs.get(hook), RESERVED_HOOK_ATTRS, f"hook_attrs[{hook!r}]") for hook in hooks}
     for hook, extra in checked.items():
         heads, head_dim = extra.get("n_heads"), extra.get("head_dim")
         if heads is not None and head_dim is not None and heads * head_dim != hooks[hook]:

@@ -28,6 +28,7 @@ RESUME_GROUP = "resume"
 RESERVED_ROOT_ATTRS = frozenset(
     {
         "format",
+        "hooks",
         "schema_version",
         "complete",
         "requested_dtype",

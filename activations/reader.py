@@ -86,9 +86,7 @@ class Store:
             raise
         except _H5_ERRORS as exc:
             self._file.close()
-            raise StoreError(
-                f"{self.path}: damaged store ({type(exc).__name__}: {exc}); re-create it"
-            ) from exc
+            raise StoreError(f"{self.path}: damaged store ({type(exc).__name__}: {exc}); re-create it") from exc
 
     # ------------------------------------------------------------------------------------------ validation
     def _fail(self, problem: str) -> StoreError:
@@ -100,8 +98,7 @@ class Store:
             raise self._fail(f"missing dataset {name!r}; the file is damaged or not a complete store")
         if item.ndim != ndim or item.dtype.kind not in kinds:
             raise self._fail(
-                f"dataset {name!r} has shape {item.shape} and dtype {item.dtype}, "
-                f"expected {ndim}-D of kind {kinds!r}"
+                f"dataset {name!r} has shape {item.shape} and dtype {item.dtype}, expected {ndim}-D of kind {kinds!r}"
             )
         return item
 
@@ -109,8 +106,7 @@ class Store:
         attrs = self._file.attrs
         if native(attrs.get("format")) != FORMAT_NAME:
             raise self._fail(
-                f"not an activation store (format attribute {native(attrs.get('format'))!r}, "
-                f"expected {FORMAT_NAME!r})"
+                f"not an activation store (format attribute {native(attrs.get('format'))!r}, expected {FORMAT_NAME!r})"
             )
         version = native(attrs.get("schema_version"))
         if version != SCHEMA_VERSION:
@@ -122,12 +118,7 @@ class Store:
             raise _incomplete(self.path)
         tokens = self._dataset(TOKENS, 1, "iu")[:]
         offsets = self._dataset(SEQ_OFFSETS, 1, "iu")[:]
-        if (
-            len(offsets) == 0
-            or offsets[0] != 0
-            or np.any(np.diff(offsets) <= 0)
-            or offsets[-1] != len(tokens)
-        ):
+        if len(offsets) == 0 or offsets[0] != 0 or np.any(np.diff(offsets) <= 0) or offsets[-1] != len(tokens):
             raise self._fail(
                 f"seq_offsets is inconsistent (must start at 0, increase strictly and end at "
                 f"n_tokens = {len(tokens)}); the file is damaged"
@@ -136,9 +127,7 @@ class Store:
         self._offsets = _readonly(offsets.astype(np.int64))
         self._sha = native(attrs.get("tokens_sha256"))
         if self._sha != tokens_sha256(self._tokens, self._offsets):
-            raise self._fail(
-                "tokens and seq_offsets do not match the tokens_sha256 attribute; the file is damaged"
-            )
+            raise self._fail("tokens and seq_offsets do not match the tokens_sha256 attribute; the file is damaged")
         config = self._file.get(CONFIG)
         if not isinstance(config, h5py.Dataset) or config.shape != ():
             raise self._fail(f"missing scalar string dataset {CONFIG!r}")
@@ -156,14 +145,18 @@ class Store:
             self._hooks = sort_hooks(group)
         except ValueError as exc:
             raise self._fail(f"unexpected entry in {HOOKS_GROUP!r}: {exc}") from exc
+        listed = native(self._file.attrs.get("hooks"))
+        if not isinstance(listed, list) or sorted(listed) != sorted(self._hooks) or set(stats) != set(listed):
+            raise self._fail(
+                f"the hooks attribute lists {listed!r} but the file holds hooks {self._hooks} and statistics "
+                f"for {sorted(stats)}; the file is damaged"
+            )
         self._stats = {}
         for hook in self._hooks:
             dataset = self._dataset(f"{HOOKS_GROUP}/{hook}", 2, "f")
             width = dataset.shape[1]
             if dataset.shape[0] != len(self._tokens):
-                raise self._fail(
-                    f"{hook} has {dataset.shape[0]} rows but there are {len(self._tokens)} tokens"
-                )
+                raise self._fail(f"{hook} has {dataset.shape[0]} rows but there are {len(self._tokens)} tokens")
             if (
                 dataset.dtype.name not in STORAGE_DTYPES
                 or native(dataset.attrs.get("stored_dtype")) != dataset.dtype.name
@@ -280,25 +273,17 @@ class Store:
             if stop > start:
                 dataset.read_direct(raw, np.s_[start:stop])
         except _H5_ERRORS as exc:
-            raise self._fail(
-                f"cannot read rows {start}:{stop} of {hook} ({exc}); the file is damaged"
-            ) from exc
+            raise self._fail(f"cannot read rows {start}:{stop} of {hook} ({exc}); the file is damaged") from exc
         values = raw.astype(np.float32, copy=False)
         finite = np.isfinite(values)
         if not finite.all():
             row, col = np.argwhere(~finite)[0]
-            raise self._fail(
-                f"{hook} holds a non-finite value at row {start + row}, column {col}; the file is damaged"
-            )
+            raise self._fail(f"{hook} holds a non-finite value at row {start + row}, column {col}; the file is damaged")
         return values
 
     def sequence(self, index: int, hook: str) -> np.ndarray:
         """All rows of sequence ``index`` of ``hook``: float32 (len_index, width)."""
-        if (
-            isinstance(index, bool)
-            or not isinstance(index, (int, np.integer))
-            or not 0 <= index < self.n_sequences
-        ):
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < self.n_sequences:
             raise IndexError(f"sequence index {index!r} is outside 0..{self.n_sequences - 1} of {self.path}")
         return self.read(hook, int(self._offsets[index]), int(self._offsets[index + 1]))
 
@@ -324,9 +309,7 @@ class Store:
             ids = self.row_sequence_ids
             for start in range(0, self.n_tokens, rows):
                 stop = min(start + rows, self.n_tokens)
-                yield Block(
-                    start, stop, ids[start:stop], {hook: self.read(hook, start, stop) for hook in hooks}
-                )
+                yield Block(start, stop, ids[start:stop], {hook: self.read(hook, start, stop) for hook in hooks})
 
         return blocks()
 

@@ -66,8 +66,7 @@ def _check_matches(f: h5py.File, path: Path, writer: StoreWriter) -> None:
     attrs = f.attrs
     if native(attrs.get("format")) != FORMAT_NAME or native(attrs.get("schema_version")) != SCHEMA_VERSION:
         raise StoreError(
-            f"{path}: not a partial activation store of schema version {SCHEMA_VERSION}; "
-            "delete it to start over"
+            f"{path}: not a partial activation store of schema version {SCHEMA_VERSION}; delete it to start over"
         )
     if native(attrs.get("complete")) is not False or RESUME_GROUP not in f:
         raise StoreError(
@@ -153,8 +152,7 @@ def restore_state(f: h5py.File, path: Path, writer: StoreWriter) -> WriterState:
             sumsqs={hook: stats[1] for hook, stats in slot_stats.items()},
             overflow={hook: int(count) for hook, count in zip(writer.hooks, overflow, strict=True)},
             source_dtypes={
-                hook: native(hooks[hook].attrs["source_dtype"]) if n_sequences else ""
-                for hook in writer.hooks
+                hook: native(hooks[hook].attrs["source_dtype"]) if n_sequences else "" for hook in writer.hooks
             },
         )
     except StoreError:

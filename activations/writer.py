@@ -208,19 +208,22 @@ class StoreWriter:
                 "config_sha256": hashlib.sha256(self.config_json.encode()).hexdigest(),
             }
         )
+        # The hook list is kept apart from the hooks group so that a hook lost from the file is noticed.
+        f.attrs["hooks"] = np.array(list(self.hooks), dtype=h5py.string_dtype("utf-8"))
         f.attrs.update(self.attrs)
-        f.create_dataset(
-            TOKENS, shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(VECTOR_CHUNK,), **self._filters
-        )
+        f.create_dataset(TOKENS, shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(VECTOR_CHUNK,), **self._filters)
         f.create_dataset(
             SEQ_OFFSETS, data=np.zeros(1, np.int64), maxshape=(None,), chunks=(VECTOR_CHUNK,), **self._filters
         )
         f.create_dataset(CONFIG, data=self.config_json, dtype=h5py.string_dtype("utf-8"))
         group = f.create_group(HOOKS_GROUP)
         resume = f.create_group(RESUME_GROUP)
-        # Slot 0 holds the empty state (0 sequences); slot 1 is not valid yet.
-        resume.create_dataset("slot_sequences", data=np.array([0, -1], np.int64))
-        resume.create_dataset("overflow_counts", shape=(2, len(self.hooks)), dtype=np.int64)
+        # Slot 0 holds the empty state (0 sequences); slot 1 is not valid yet. One chunk per slot, so writing
+        # one slot never rewrites the other.
+        resume.create_dataset("slot_sequences", data=np.array([0, -1], np.int64), chunks=(1,), fletcher32=True)
+        resume.create_dataset(
+            "overflow_counts", shape=(2, len(self.hooks)), dtype=np.int64, chunks=(1, len(self.hooks)), fletcher32=True
+        )
         slot_stats = resume.create_group("stats")
         for hook, width in self.hooks.items():
             dataset = self._create_hook_dataset(group, hook, self.dtype, rows=0)
@@ -228,7 +231,9 @@ class StoreWriter:
                 {"width": width, "stored_dtype": self.dtype.name, "source_dtype": "", "overflow_count": 0}
             )
             dataset.attrs.update(self.hook_attrs[hook])
-            slot_stats.create_dataset(hook, shape=(2, 2, width), dtype=np.float64)
+            slot_stats.create_dataset(
+                hook, shape=(2, 2, width), dtype=np.float64, chunks=(1, 2, width), fletcher32=True
+            )
 
     def _create_hook_dataset(self, group: h5py.Group, hook: str, dtype: np.dtype, rows: int) -> h5py.Dataset:
         width = self.hooks[hook]
@@ -248,9 +253,7 @@ class StoreWriter:
         old = f[HOOKS_GROUP][hook]
         # Copy under resume/float32 first: a crash before the final move leaves the float16 original intact,
         # and one after the delete leaves a complete copy (resume.py finishes either case).
-        new = self._create_hook_dataset(
-            f[RESUME_GROUP].require_group("float32"), hook, _F32, rows=self._n_rows
-        )
+        new = self._create_hook_dataset(f[RESUME_GROUP].require_group("float32"), hook, _F32, rows=self._n_rows)
         step = new.chunks[0]
         for start in range(0, self._n_rows, step):
             stop = min(start + step, self._n_rows)
@@ -296,14 +299,10 @@ class StoreWriter:
         Returns hook -> (values, their float16 cast, count of values that overflow float16).
         """
         if not isinstance(acts, Mapping):
-            raise ValueError(
-                f"acts must be a mapping of hook name -> (T, width) array, got {type(acts).__name__}"
-            )
+            raise ValueError(f"acts must be a mapping of hook name -> (T, width) array, got {type(acts).__name__}")
         missing, extra = sorted(set(self.hooks) - set(acts)), sorted(set(acts) - set(self.hooks))
         if missing or extra:
-            raise ValueError(
-                f"acts must hold exactly the store's hooks; missing {missing}, unexpected {extra}"
-            )
+            raise ValueError(f"acts must hold exactly the store's hooks; missing {missing}, unexpected {extra}")
         prepared = {}
         where = f"sequence {self.n_sequences}"
         for hook, width in self.hooks.items():
@@ -380,12 +379,12 @@ class StoreWriter:
         for hook in self.hooks:
             dataset = f[HOOKS_GROUP][hook]
             dataset.resize(n, axis=0)
-            dataset.attrs.update(
-                {"overflow_count": self._overflow[hook], "source_dtype": self._source_dtypes[hook]}
-            )
+            dataset.attrs.update({"overflow_count": self._overflow[hook], "source_dtype": self._source_dtypes[hook]})
             if hook in stats:
                 del stats[hook]
-            stats.create_dataset(hook, data=np.stack([self._sums[hook], self._sumsqs[hook]]))
+            # Chunked only so that fletcher32 can guard the statistics against silent corruption.
+            summed = np.stack([self._sums[hook], self._sumsqs[hook]])
+            stats.create_dataset(hook, data=summed, chunks=summed.shape, fletcher32=True)
             stats[hook].attrs["count"] = n
         f.attrs["tokens_sha256"] = tokens_sha256(f[TOKENS][:], f[SEQ_OFFSETS][:])
         del f[RESUME_GROUP]

@@ -58,10 +58,7 @@ def test_round_trip(tmp_path: Path, dtype: str, source: type) -> None:
             assert store.width(hook) == width and store.dtype(hook) == dtype
             assert attrs["stored_dtype"] == dtype and attrs["source_dtype"] == np.dtype(source).name
             assert attrs["overflow_count"] == 0
-        assert (
-            store.hook_attrs(hook_name(0, "attn_z"))["n_heads"]
-            == ATTN_ATTRS[hook_name(0, "attn_z")]["n_heads"]
-        )
+        assert store.hook_attrs(hook_name(0, "attn_z"))["n_heads"] == ATTN_ATTRS[hook_name(0, "attn_z")]["n_heads"]
 
 
 class _Bfloat16Array:
@@ -208,9 +205,7 @@ def test_paired_blocks_align_rows_of_two_stores(tmp_path: Path) -> None:
         assert np.array_equal(block.b[other], b.read(other, block.start, block.stop))
         assert np.array_equal(block.seq_ids, a.row_sequence_ids[block.start : block.stop])
     default = list(paired_blocks(a, b, HOOK))
-    assert [(block.start, block.stop) for block in default] == [
-        (0, a.n_tokens)
-    ]  # one aligned block of >= 1024
+    assert [(block.start, block.stop) for block in default] == [(0, a.n_tokens)]  # one aligned block of >= 1024
     assert np.array_equal(default[0].b[HOOK], b.read(HOOK))
 
 
@@ -265,9 +260,7 @@ def test_writer_refuses_bad_input_before_writing(tmp_path: Path) -> None:
         writer.append(tokens2, acts2)
     with Store(tmp_path / "w.h5") as store:
         assert store.n_sequences == 2
-        assert np.array_equal(
-            store.read(HOOK), concat([(tokens, acts), (tokens2, acts2)], HOOK).astype(np.float16)
-        )
+        assert np.array_equal(store.read(HOOK), concat([(tokens, acts), (tokens2, acts2)], HOOK).astype(np.float16))
 
 
 @pytest.mark.parametrize(

@@ -30,8 +30,7 @@ def make_sequences(
         length = int(rng.integers(1, max_len + 1))
         tokens = rng.integers(0, 50_000, length)
         acts = {
-            hook: (offset + 3 * rng.standard_normal((length, width))).astype(dtype)
-            for hook, width in hooks.items()
+            hook: (offset + 3 * rng.standard_normal((length, width))).astype(dtype) for hook, width in hooks.items()
         }
         sequences.append((tokens, acts))
     return sequences
