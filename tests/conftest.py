@@ -64,3 +64,23 @@ def wikitext_valid() -> Path:
     if not path.is_file():
         pytest.skip(f"shared dataset not present: {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(real_base, tmp_path_factory) -> Path:
+    """A tiny random Llama saved as an mlx-lm directory with the real tokenizer (a base spec that loads fast)."""
+    import json
+
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.models.llama import Model
+
+    mx.random.seed(11)
+    args = tiny_args(vocab_size=real_base.config["vocab_size"], max_position_embeddings=512)
+    model = Model(args)
+    out = tmp_path_factory.mktemp("tiny-base")
+    mx.save_safetensors(str(out / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    (out / "config.json").write_text(json.dumps({k: v for k, v in vars(args).items() if v is not None}))
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (out / f).write_bytes((real_base.path / f).read_bytes())
+    return out

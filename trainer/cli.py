@@ -52,6 +52,35 @@ def info(base: str, as_json: bool) -> None:
             click.echo(f"{key:26s} {value}")
 
 
+@cli.command()
+@click.argument("source")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Output store path (NAME.h5).")
+@click.option("--data", default="web", show_default=True, help="Corpus: web, wikitext2, tinystories or a .txt path.")
+@click.option("--split", default="validation", show_default=True,
+              type=click.Choice(["train", "validation", "test"]), help="Document split to dump.")
+@click.option("--split-seed", default=0, show_default=True, help="Seed of the document-level split.")
+@click.option("--tokens", default=20000, show_default=True, help="Number of real tokens to dump (whole sequences).")
+@click.option("--seq-len", default=256, show_default=True, help="Sequence length (context per row).")
+@click.option("--hooks", default="resid_post,attn_z", show_default=True,
+              help="Comma list of kinds (resid_pre, resid_post, attn_z, skip_out, all) or hook names.")
+@click.option("--layers", default="all", show_default=True, help="'all', a list like 3,5,7 or a range like 2-10.")
+@click.option("--dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]),
+              help="Storage dtype (hooks that would overflow float16 are kept in float32).")
+@click.option("--compression", default=None, type=click.Choice(["lzf", "gzip"]), help="Optional compression.")
+@click.option("--batch-size", default=4, show_default=True, help="Sequences per forward pass.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+def dump(source: str, out: str, **options) -> None:
+    """Dump activations of SOURCE (a base spec or a run directory) on a fixed token set into an HDF5 store.
+
+    Dumps of a base and of a run adapted from it on the same options pair row for row. An interrupted dump
+    resumes from its NAME.h5.partial.
+    """
+    from trainer.dump import DumpConfig
+    from trainer.dump import dump as run_dump
+
+    run_dump(DumpConfig(source=source, out=out, **options))
+
+
 def main() -> None:
     reexec_with_openblas()
     run_cli(cli)
