@@ -64,7 +64,9 @@ def test_rerun_skips_finished_runs_and_finishes_missing_evaluations(finished, ba
     target.unlink()
     records = []
     again = sweep(template, GRID, out, base=base, data=data, callback=records.append, progress=False)
-    assert records == []  # no run trained again: the one without eval.json was only re-evaluated
+    # No run trained again: the one without eval.json was only re-evaluated from its final checkpoint.
+    assert [r for r in records if r["kind"] != "start"] == []
+    assert [r["step"] for r in records] == [4]
     assert json.loads(target.read_text()) == json.loads(saved)
     assert again == summary
 

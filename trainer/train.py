@@ -42,12 +42,12 @@ Callback = Callable[[dict], None]
 TIMING_KEYS = ("tokens_per_sec", "peak_memory_gb", "elapsed_sec")
 
 
-def held_out_tokens(base, cfg: TrainConfig | dict):
-    """The validation split the run evaluates on (its first `eval_seqs` sequences)."""
+def held_out_tokens(base, cfg: TrainConfig | dict, split: str = "validation"):
+    """The held-out tokens a run evaluates on: the first `eval_seqs` sequences of `split`."""
     from trainer.data import load_tokens
 
     cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(cfg)
-    ts = load_tokens(cfg.data, "validation", base.tokenizer, cfg.seq_len, split_seed=cfg.split_seed)
+    ts = load_tokens(cfg.data, split, base.tokenizer, cfg.seq_len, split_seed=cfg.split_seed)
     if cfg.eval_seqs is not None:
         ts = dataclasses.replace(ts, tokens=ts.tokens[: cfg.eval_seqs], mask=ts.mask[: cfg.eval_seqs],
                                  doc_ids=ts.doc_ids[: cfg.eval_seqs])
@@ -130,7 +130,8 @@ def train(cfg: TrainConfig, *, base=None, data=None, callback: Callback | None =
     cfg : the run's configuration (`cfg.out` is the run directory).
     base : a loaded `trainer.base.Base`; default loads `cfg.base`.
     data : (train TokenSet, held-out TokenSet); default loads them from `cfg.data`.
-    callback : called with every metrics record (dicts with "kind": "train" | "val").
+    callback : called with every metrics record (dicts with "kind": "train" | "val"), and first with a
+        "start" record (parameter counts, starting step) that is not written to metrics.jsonl.
     """
     cfg.validate()
     recorded = _prepare_run_dir(cfg)
@@ -162,6 +163,8 @@ def train(cfg: TrainConfig, *, base=None, data=None, callback: Callback | None =
         })
         state = {"step": 0, "trained_tokens": 0, "report_loss_sum": 0.0, "report_tokens": 0}
     optimizer.init(model.trainable_parameters())
+    if callback is not None:
+        callback({"kind": "start", "step": state["step"], "trainable": n_train, "frozen": n_frozen})
     if state["step"] >= cfg.steps and (run_dir / EVAL_FILE).is_file():
         return run_dir
 
