@@ -19,7 +19,6 @@ WIDTH = 720
 MODEL_SCALE = alt.Scale(domain=["A", "B"], range=["#4c78a8", "#f58518"])
 LABEL_SCALE = alt.Scale(domain=["novel", "uncertain", "aligned"], range=["#e45756", "#bab0ac", "#54a24b"])
 UNIT_SCALE = alt.Scale(domain=[0, 1], scheme="viridis")
-WINDOW_COLOUR = "#e45756"
 DEFAULT_HOOK_KIND = "resid_post"
 # Upright labels on categorical layer/head axes, thinned out when 30 layers share a small heatmap.
 LAYER_AXIS = alt.Axis(labelAngle=0, labelOverlap="greedy")
@@ -28,21 +27,24 @@ Rows = list[dict[str, Any]]
 
 
 def _tip(field: str, title: str | None = None, fmt: str | None = None) -> alt.Tooltip:
-    """A tooltip entry; numbers get four decimals unless ``fmt`` says otherwise."""
+    """A tooltip entry; numbers show six significant digits unless ``fmt`` says otherwise."""
     name, _, kind = field.partition(":")
     if fmt is None and kind == "Q":
-        fmt = ".4f"
+        fmt = ".6~g"
     return alt.Tooltip(field, title=title or name, **({"format": fmt} if fmt else {}))
 
 
-CI_TIPS = [_tip("ci_low:Q", "CI low"), _tip("ci_high:Q", "CI high")]
+def _if_present(rows: Rows, *tips: alt.Tooltip) -> list[alt.Tooltip]:
+    """The tooltips whose field has a value in some row: an optional field left out shows no "NaN"."""
+    return [tip for tip in tips if any(row.get(tip.to_dict()["field"]) is not None for row in rows)]
+
+
+def _ci_tips(rows: Rows) -> list[alt.Tooltip]:
+    return _if_present(rows, _tip("ci_low:Q", "CI low"), _tip("ci_high:Q", "CI high"))
 
 
 def _hook_kind(hook: str) -> str:
-    """Hook kind of a TransformerLens-style name (``blocks.3.hook_resid_post`` -> ``resid_post``).
-
-    Names outside the shared vocabulary are kept whole, so unusual hooks still get their own panel.
-    """
+    """``blocks.3.hook_resid_post`` -> ``resid_post``; other names are kept whole (a panel of their own)."""
     try:
         return parse_hook(hook)[1]
     except ValueError:
@@ -62,11 +64,11 @@ def _window_layer(results: dict, kind: str) -> alt.Chart | None:
     if not windows or novelty.get("hook_kind", DEFAULT_HOOK_KIND) != kind:
         return None
     spans = [{**w, "x0": w["start"] - 0.5, "x1": w["end"] + 0.5} for w in windows]
-    return alt.Chart(alt.Data(values=spans)).mark_rect(color=WINDOW_COLOUR, opacity=0.12).encode(
+    return alt.Chart(alt.Data(values=spans)).mark_rect(color=LABEL_SCALE.range[0], opacity=0.12).encode(
         x="x0:Q", x2="x1:Q",
         tooltip=[_tip("start:O", "window start"), _tip("end:O", "window end"),
                  _tip("peak_layer:O", "peak layer"), _tip("peak_divergence:Q", "peak divergence"),
-                 *CI_TIPS],
+                 *_ci_tips(windows)],
     )
 
 
@@ -94,8 +96,8 @@ def layer_similarity_chart(results: dict) -> alt.TopLevelMixin | None:
         )
         line = alt.Chart(data).mark_line(point=True).encode(
             x=x, y=y, color=colour,
-            tooltip=[_tip("hook:N"), _tip("layer:O"), _tip("measure:N"), _tip("value:Q"), *CI_TIPS,
-                     _tip("n_tokens:Q", "tokens", ",d")],
+            tooltip=[_tip("hook:N"), _tip("layer:O"), _tip("measure:N"), _tip("value:Q"), *_ci_tips(kind_rows),
+                     *_if_present(kind_rows, _tip("n_tokens:Q", "tokens", ",d"))],
         )
         layers = [layer for layer in (_window_layer(results, kind), band, line) if layer is not None]
         panels.append(alt.layer(*layers).properties(width=WIDTH - 140, height=230, title=kind))
@@ -122,8 +124,8 @@ def novelty_chart(results: dict) -> alt.TopLevelMixin | None:
         values.append({**item, **divergence})
     x = alt.X("layer:O", title="layer", sort="ascending", axis=alt.Axis(labelAngle=0))
     colour = alt.Color("label:N", title="label", scale=LABEL_SCALE)
-    tips = [_tip("layer:O"), _tip("label:N"), _tip("divergence:Q"), _tip("div_low:Q", "divergence CI low"),
-            _tip("div_high:Q", "divergence CI high")]
+    tips = [_tip("layer:O"), _tip("label:N"), *_if_present(values, _tip("divergence:Q"),
+            _tip("div_low:Q", "divergence CI low"), _tip("div_high:Q", "divergence CI high"))]
     base = alt.Chart(alt.Data(values=values))
     if not any("divergence" in v for v in values):
         strip = base.mark_rect().encode(x=x, color=colour, tooltip=tips)
@@ -159,10 +161,8 @@ def _heatmap(matrix: dict, title: str, row_title: str, col_title: str) -> alt.Ch
 def matrices_chart(results: dict) -> alt.TopLevelMixin | None:
     """Layer x layer CKA heatmaps (A vs A, B vs B, A vs B) side by side on one [0, 1] colour scale."""
     matrices = results.get("matrices") or {}
-    titles = {"A_vs_A": ("A vs A", "layer of A", "layer of A"),
-              "B_vs_B": ("B vs B", "layer of B", "layer of B"),
-              "A_vs_B": ("A vs B", "layer of A", "layer of B")}
-    panels = [_heatmap(matrices[name], *titles[name]) for name in titles if matrices.get(name)]
+    panels = [_heatmap(matrices[name], name.replace("_", " "), f"layer of {name[0]}", f"layer of {name[-1]}")
+              for name in ("A_vs_A", "B_vs_B", "A_vs_B") if matrices.get(name)]
     if not panels:
         return None
     return alt.hconcat(*panels).resolve_scale(color="shared")
@@ -178,7 +178,7 @@ def heads_chart(results: dict) -> alt.TopLevelMixin | None:
         x=alt.X("head:O", title="head", axis=LAYER_AXIS),
         y=alt.Y("layer:O", title="layer", sort=layers[::-1], axis=LAYER_AXIS),
         color=alt.Color("value:Q", title="CKA", scale=UNIT_SCALE),
-        tooltip=[_tip("layer:O"), _tip("head:O"), _tip("value:Q", "CKA"), *CI_TIPS],
+        tooltip=[_tip("layer:O"), _tip("head:O"), _tip("value:Q", "CKA"), *_ci_tips(rows)],
     ).properties(width=min(WIDTH - 120, 40 * len({row["head"] for row in rows})),
                  height=min(420, max(120, 16 * len(layers))))
 
@@ -239,8 +239,8 @@ def probes_chart(results: dict) -> alt.TopLevelMixin | None:
     colour = alt.Color("model:N", scale=MODEL_SCALE)
     line = alt.Chart().mark_line(point=True).encode(
         x=x, y=alt.Y("accuracy:Q", title="accuracy", scale=alt.Scale(domain=[0, 1])), color=colour,
-        tooltip=[_tip("task:N"), _tip("model:N"), _tip("layer:O"), _tip("accuracy:Q"), *CI_TIPS,
-                 _tip("chance:Q")],
+        tooltip=[_tip("task:N"), _tip("model:N"), _tip("layer:O"), _tip("accuracy:Q"), *_ci_tips(rows),
+                 *_if_present(rows, _tip("chance:Q"))],
     )
     whiskers = alt.Chart().mark_rule().encode(x=x, y="ci_low:Q", y2="ci_high:Q", color=colour)
     chance = alt.Chart().mark_rule(color="#555", strokeDash=[5, 4]).encode(
@@ -265,7 +265,7 @@ def training_loss_chart(results: dict) -> alt.TopLevelMixin | None:
         x=x, y=alt.Y("nats:Q", title="loss (nats/token)", scale=alt.Scale(zero=False)),
         color=alt.Color("series:N", title=None),
         tooltip=[_tip("step:Q", fmt=",d"), _tip("series:N"), _tip("nats:Q", "loss"),
-                 _tip("tokens_per_s:Q", "tokens/s", ",.0f")],
+                 *_if_present(rows, _tip("tokens_per_s:Q", "tokens/s", ",.0f"))],
     ).properties(width=WIDTH - 120, height=220)
     if not any(row.get("lr") is not None for row in rows):
         return loss
@@ -285,7 +285,8 @@ def _per_layer_over_steps(rows: Rows | None, value: str, title: str, split_by: s
         y=alt.Y(f"{value}:Q", title=title),
         color=alt.Color("layer:Q", title="layer", scale=alt.Scale(scheme="viridis")),
         detail=["layer:Q", f"{split_by}:O"],
-        tooltip=[_tip("step:Q", fmt=",d"), _tip("layer:O"), _tip(f"{split_by}:O"), _tip(f"{value}:Q", title)],
+        tooltip=[_tip("step:Q", fmt=",d"), _tip("layer:O"), *_if_present(rows, _tip(f"{split_by}:O")),
+                 _tip(f"{value}:Q", title)],
     ).properties(width=WIDTH - 120, height=220)
 
 
@@ -308,7 +309,7 @@ def toggles_chart(results: dict) -> alt.TopLevelMixin | None:
     x = alt.X("layer:O", title="layer switched off", sort="ascending", axis=alt.Axis(labelAngle=0))
     bars = alt.Chart(data).mark_bar(color="#4c78a8").encode(
         x=x, y=alt.Y("delta:Q", title="loss change (nats/token)"),
-        tooltip=[_tip("layer:O"), _tip("loss:Q"), _tip("delta:Q", "loss change"), *CI_TIPS],
+        tooltip=[_tip("layer:O"), _tip("loss:Q"), _tip("delta:Q", "loss change"), *_ci_tips(rows)],
     )
     whiskers = alt.Chart(data).mark_rule(color="#333").encode(x=x, y="ci_low:Q", y2="ci_high:Q")
     zero = alt.Chart(alt.Data(values=[{"y": 0}])).mark_rule(color="#555").encode(y="y:Q")

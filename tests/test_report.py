@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -68,7 +67,9 @@ def test_report_has_every_chart_and_the_summary_in_words(results, report_path):
     charts = charts_for(results)
     assert len(charts) == 12
     assert f'data-chart-count="{len(charts)}"' in page
-    assert all(f'id="chart-{name}"' in page for name in charts)
+    for name in charts:
+        figure = page.split(f'id="chart-{name}"')[1].split("</figure>")[0]
+        assert len(figure.split("<figcaption>")[1].split("</figcaption>")[0]) > 40, f"{name} lacks a caption"
     assert "novelty window at layers 2-3" in page
     assert "Not computed" not in page
     assert "<table>" in page and "alpha0" in page
@@ -136,26 +137,38 @@ def _chromium_driver(user_data_dir: Path):
 def test_report_renders_every_chart_offline_in_chromium(results, report_path, tmp_path):
     expected = len(charts_for(results))
     driver = _chromium_driver(tmp_path / "chromium-profile")
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    def drawn_charts(driver) -> int:
+        # vega-embed marks its container .vega-embed; the chart itself is the svg.marks inside it.
+        return driver.execute_script("return document.querySelectorAll('.vega-embed svg.marks').length")
+
     try:
         driver.get(report_path.as_uri())
-        deadline, drawn = time.monotonic() + 25, -1
-        while time.monotonic() < deadline:
-            # vega-embed marks its container .vega-embed; the chart itself is the svg.marks inside it.
-            drawn = driver.execute_script("return document.querySelectorAll('.vega-embed svg.marks').length")
-            if drawn >= expected:
-                break
-            time.sleep(0.2)
-        assert drawn == expected, f"{drawn} of {expected} charts drawn"
-        assert driver.execute_script(
-            "return document.querySelector('main.report').dataset.chartsDrawn"
-        ) == str(expected)
+        WebDriverWait(driver, 25, poll_frequency=0.2).until(lambda d: drawn_charts(d) >= expected)
+        assert drawn_charts(driver) == expected
+        assert driver.execute_script("return document.querySelector('main.report').dataset.chartsDrawn") == str(
+            expected
+        )
+        # Tooltips carry exact values: hover the first cell of the per-head matrix.
+        cell = driver.find_element(By.CSS_SELECTOR, "#chart-heads g.mark-rect path")
+        ActionChains(driver).move_to_element(cell).perform()
+        tooltip = WebDriverWait(driver, 5).until(
+            lambda d: d.execute_script(
+                "const t = document.getElementById('vg-tooltip-element');"
+                "return t && t.classList.contains('visible') ? t.innerText : null"
+            )
+        )
+        assert "CKA" in tooltip and "head" in tooltip
         fetched = driver.execute_script(
             "return performance.getEntriesByType('resource').map(function (e) { return e.name; })"
         )
         assert [url for url in fetched if url.startswith(("http:", "https:"))] == []
-        severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
-        assert severe == []
+        assert [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"] == []
         ARTIFACTS.mkdir(exist_ok=True)
+        driver.execute_script("window.scrollTo(0, 0)")
         driver.save_screenshot(str(ARTIFACTS / "report-top.png"))
     finally:
         driver.quit()

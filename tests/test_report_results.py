@@ -2,7 +2,7 @@
 
 The results are computed, not typed in: two toy "models" whose layer activations agree except for a
 perturbation in the middle layers, compared with numpy linear CKA with intervals from resampling whole
-sequences, segmented by :mod:`psiloscope.novelty`, probed with scikit-learn, and a tiny gated logistic
+sequences, segmented by :mod:`psiloscope.novelty`, probed with ridge linear probes, and a tiny gated logistic
 model trained by gradient descent for the training and evaluation sections.
 """
 
@@ -12,7 +12,6 @@ import json
 
 import numpy as np
 import pytest
-from sklearn.linear_model import LogisticRegression
 
 from psiloscope.novelty import novelty_from_rows
 from psiloscope.results import SCHEMA, ResultsError, load_results, save_results
@@ -140,29 +139,20 @@ def _pca_section(stack_a, stack_b) -> dict:
 
 
 def _probe_rows(stack_a, stack_b, target: np.ndarray) -> list[dict]:
-    train, test = (
-        np.arange(len(target)) < len(target) * 3 // 4,
-        np.arange(len(target)) >= len(target) * 3 // 4,
-    )
-    chance = max(target[test].mean(), 1 - target[test].mean())
+    """Ridge least-squares linear probes for a binary target; held-out accuracy with a Wald interval."""
+    train = np.arange(len(target)) < len(target) * 3 // 4
+    signs = 2.0 * target - 1
+    chance = max(target[~train].mean(), 1 - target[~train].mean())
     rows = []
     for model, stack in (("A", stack_a), ("B", stack_b)):
         for layer, x in enumerate(stack):
-            accuracy = (
-                LogisticRegression(max_iter=300).fit(x[train], target[train]).score(x[test], target[test])
-            )
-            half_width = 1.96 * np.sqrt(accuracy * (1 - accuracy) / test.sum())
-            rows.append(
-                {
-                    "task": "sign of input feature 0",
-                    "layer": layer,
-                    "model": model,
-                    "accuracy": accuracy,
-                    "ci_low": max(0.0, accuracy - half_width),
-                    "ci_high": min(1.0, accuracy + half_width),
-                    "chance": float(chance),
-                }
-            )
+            x = np.hstack([x, np.ones((len(x), 1))])
+            weights = np.linalg.solve(x[train].T @ x[train] + np.eye(x.shape[1]), x[train].T @ signs[train])
+            accuracy = float(np.mean(np.sign(x[~train] @ weights) == signs[~train]))
+            half_width = 1.96 * np.sqrt(accuracy * (1 - accuracy) / (~train).sum())
+            rows.append({"task": "sign of input feature 0", "layer": layer, "model": model,
+                         "accuracy": accuracy, "ci_low": max(0.0, accuracy - half_width),
+                         "ci_high": min(1.0, accuracy + half_width), "chance": float(chance)})
     return rows
 
 
