@@ -108,6 +108,15 @@ def _specs_json(charts: dict[str, Any]) -> str:
     return json.dumps(specs, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
 
 
+def _scripts_html(charts: dict[str, Any]) -> str:
+    """The chart specs, the Vega bundle (once for all charts) and the embedding code; nothing without charts."""
+    if not charts:
+        return ""
+    return (f'<script type="application/json" id="psiloscope-specs">{_specs_json(charts)}</script>\n'
+            f'<script type="module">{vega_bundle()}</script>\n'
+            f'<script type="module">{_EMBED_SCRIPT}</script>')
+
+
 def _chart_figure(name: str) -> str:
     return (f'<figure class="chart"><div id="chart-{name}" class="chart-target"></div>'
             f"<figcaption>{html.escape(CHARTS[name].caption)}</figcaption></figure>")
@@ -214,6 +223,8 @@ def summary_html(results: dict) -> str:
     sides = [_side_html(name, meta[key]) for name, key in (("A", "a"), ("B", "b")) if meta.get(key)]
     if sides:
         parts.append(f'<p>Compared:</p><dl class="sides">{"".join(sides)}</dl>')
+    else:
+        parts.append('<p class="muted">What was compared was not recorded.</p>')
     if meta.get("tokens"):
         parts.append(f"<p>Tokens: {_tokens_sentence(meta['tokens'])}</p>")
     if results.get("novelty"):
@@ -311,9 +322,7 @@ def render_report(results: dict, path: str | os.PathLike[str], title: str | None
 {_sections_html(results, list(charts))}
 {provenance_html(results)}
 </main>
-<script type="application/json" id="psiloscope-specs">{_specs_json(charts)}</script>
-<script type="module">{vega_bundle()}</script>
-<script type="module">{_EMBED_SCRIPT}</script>
+{_scripts_html(charts)}
 </body>
 </html>
 """

@@ -90,6 +90,12 @@ def test_missing_sections_are_listed_as_not_computed(results, tmp_path):
         assert title in page.split("Not computed:")[1].split("</p>")[0]
 
 
+def test_an_empty_document_gives_a_page_without_charts_or_scripts(tmp_path):
+    page = render_report({"schema": SCHEMA}, tmp_path / "empty.html").read_text()
+    assert 'data-chart-count="0"' in page and "<script" not in page
+    assert "What was compared was not recorded" in page and "Not computed: Layer-wise similarity" in page
+
+
 def test_heatmaps_put_layer_zero_at_the_origin_on_a_fixed_scale(results):
     spec = charts_for(results)["matrices"].to_dict()
     for panel in spec["hconcat"]:
