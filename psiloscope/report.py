@@ -97,9 +97,9 @@ def vega_bundle() -> str:
 
 
 def _script_safe(code: str) -> str:
-    # Inside <script> the HTML parser ends the element at "</script" and treats "<!--" specially. Both only
-    # occur inside JavaScript string or regex literals, where "<\/" and "<\!" mean the same characters.
-    return code.replace("</script", "<\\/script").replace("<!--", "<\\!--")
+    # Inside <script> the HTML parser ends the element at "</script" and treats "<!--" specially. Such text
+    # can only sit in JavaScript string, template or regex literals, where the escape \x3C is the same "<".
+    return code.replace("</script", "\\x3C/script").replace("<!--", "\\x3C!--")
 
 
 def _specs_json(charts: dict[str, Any]) -> str:
