@@ -181,7 +181,7 @@ def linear_cka(X: object, Y: object, *, debiased: bool = False) -> float:
     """
     X, Y = _paired_inputs(X, Y, debiased)
     n, d1, d2 = X.shape[0], X.shape[1], Y.shape[1]
-    if n * (d1 + d2) + 4 * n < (d1 + d2) ** 2:
+    if n < d1 + d2:  # Gram space costs n²(d1+d2), feature space n(d1+d2)²
         Xc, Yc = X - X.mean(axis=0), Y - Y.mean(axis=0)
         return cka_from_grams(Xc @ Xc.T, Yc @ Yc.T, debiased=debiased)
     moments = PairMoments(1, X.mean(axis=0), Y.mean(axis=0))
