@@ -84,7 +84,26 @@ def masked_loss(model: AdaptedModel, x: mx.array, y: mx.array, m: mx.array, grad
     """
     logits = model(x, grad_checkpoint=grad_checkpoint)
     ce = (nn.losses.cross_entropy(logits.astype(mx.float32), y) * m).sum() / mx.maximum(m.sum(), 1)
-    return ce + model.adapter.tap_penalty(), ce
+    penalty = model.adapter.tap_penalty() if "adapter" in model else 0.0
+    return ce + penalty, ce
+
+
+def make_train_step(model: AdaptedModel, optimizer: optim.Optimizer, grad_clip: float, grad_checkpoint: bool):
+    """A compiled step(x, y, m) -> cross-entropy that updates the model's trainable parameters in place."""
+    # Create the optimizer state now (keeping any restored from a checkpoint): if the first call created
+    # it, the compiled function's state would change shape after one call and be traced twice.
+    optimizer.init(model.trainable_parameters())
+    loss_and_grad = nn.value_and_grad(model, partial(masked_loss, grad_checkpoint=grad_checkpoint))
+    compiled_state = [model.state, optimizer.state]
+
+    @partial(mx.compile, inputs=compiled_state, outputs=compiled_state)
+    def step(x, y, m):
+        (_, ce), grads = loss_and_grad(model, x, y, m)
+        grads, _ = optim.clip_grad_norm(grads, grad_clip)
+        optimizer.update(model, grads)
+        return ce
+
+    return step
 
 
 def _prepare_run_dir(cfg: TrainConfig) -> dict | None:
@@ -162,21 +181,12 @@ def train(cfg: TrainConfig, *, base=None, data=None, callback: Callback | None =
             "parameters": {"trainable": n_train, "frozen": n_frozen}, **provenance(),
         })
         state = {"step": 0, "trained_tokens": 0, "report_loss_sum": 0.0, "report_tokens": 0}
-    optimizer.init(model.trainable_parameters())
     if callback is not None:
         callback({"kind": "start", "step": state["step"], "trainable": n_train, "frozen": n_frozen})
     if state["step"] >= cfg.steps and (run_dir / EVAL_FILE).is_file():
         return run_dir
 
-    loss_and_grad = nn.value_and_grad(model, partial(masked_loss, grad_checkpoint=cfg.grad_checkpoint))
-    compiled_state = [model.state, optimizer.state]
-
-    @partial(mx.compile, inputs=compiled_state, outputs=compiled_state)
-    def step_fn(x, y, m):
-        (_, ce), grads = loss_and_grad(model, x, y, m)
-        grads, _ = optim.clip_grad_norm(grads, cfg.grad_clip)
-        optimizer.update(model, grads)
-        return ce
+    step_fn = make_train_step(model, optimizer, cfg.grad_clip, cfg.grad_checkpoint)
 
     def emit(record: dict) -> None:
         append_metrics(run_dir, record)
