@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -54,6 +55,31 @@ def _open_h5(path: Path) -> h5py.File:
         return h5py.File(path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=CHUNK_CACHE_SLOTS)
     except OSError as exc:
         raise StoreError(f"{path}: not an HDF5 file, or a damaged one ({exc}); re-create the store") from exc
+
+
+_F16_EXPONENT = np.uint16(0x7C00)
+# 2**(127 - 15): moves a float16 exponent to float32's bias.
+_F16_TO_F32_SCALE = np.float32(2.0**112)
+# Sign bit and the 27 bits below the three copies of it that an arithmetic shift by 3 leaves behind.
+_SIGN_AND_MAGNITUDE = np.array(0x8FFFFFFF, dtype=np.uint32).view(np.int32)
+# Index of the high 16-bit half within a native int32.
+_HIGH_HALF = 1 if sys.byteorder == "little" else 0
+
+
+def _float16_to_float32(raw: np.ndarray) -> np.ndarray:
+    """Exact float16 -> float32 for finite values, about 3x faster than ``ndarray.astype``.
+
+    Each float16 bit pattern goes into the high half of an int32; an arithmetic shift by 3 puts exponent and
+    mantissa where float32 keeps them (the sign stays in bit 31), which reads as the value times 2**-112
+    (subnormals too); multiplying by 2**112 restores it. Four in-place passes, no per-element branches.
+    """
+    out = np.zeros(raw.shape, np.int32)
+    out.view(np.uint16)[..., _HIGH_HALF::2] = raw.view(np.uint16)
+    out >>= 3
+    out &= _SIGN_AND_MAGNITUDE
+    values = out.view(np.float32)
+    values *= _F16_TO_F32_SCALE
+    return values
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:
@@ -152,8 +178,11 @@ class Store:
                 f"for {sorted(stats)}; the file is damaged"
             )
         self._stats = {}
+        # Handles stay open: closing a dataset drops its chunk cache (sequence-sized reads would then decode
+        # whole chunks again and again).
+        self._datasets = {}
         for hook in self._hooks:
-            dataset = self._dataset(f"{HOOKS_GROUP}/{hook}", 2, "f")
+            dataset = self._datasets[hook] = self._dataset(f"{HOOKS_GROUP}/{hook}", 2, "f")
             width = dataset.shape[1]
             if dataset.shape[0] != len(self._tokens):
                 raise self._fail(f"{hook} has {dataset.shape[0]} rows but there are {len(self._tokens)} tokens")
@@ -221,9 +250,9 @@ class Store:
         return json.loads(self._config_json)
 
     def _hook_dataset(self, hook: str) -> h5py.Dataset:
-        if hook not in self._stats:
+        if hook not in self._datasets:
             raise self._fail(f"no hook {hook!r}; it has {', '.join(self._hooks)}")
-        return self._file[HOOKS_GROUP][hook]
+        return self._datasets[hook]
 
     def width(self, hook: str) -> int:
         return int(self._hook_dataset(hook).shape[1])
@@ -274,10 +303,15 @@ class Store:
                 dataset.read_direct(raw, np.s_[start:stop])
         except _H5_ERRORS as exc:
             raise self._fail(f"cannot read rows {start}:{stop} of {hook} ({exc}); the file is damaged") from exc
-        values = raw.astype(np.float32, copy=False)
-        finite = np.isfinite(values)
-        if not finite.all():
-            row, col = np.argwhere(~finite)[0]
+        if raw.dtype == np.float16:
+            # Exponent bits all ones <=> inf or NaN; checked on the stored bits, before converting.
+            all_finite = raw.size == 0 or np.bitwise_and(raw.view(np.uint16), _F16_EXPONENT).max() < _F16_EXPONENT
+            values = _float16_to_float32(raw)
+        else:
+            values = raw
+            all_finite = bool(np.isfinite(values).all())
+        if not all_finite:
+            row, col = np.argwhere(~np.isfinite(raw))[0]
             raise self._fail(f"{hook} holds a non-finite value at row {start + row}, column {col}; the file is damaged")
         return values
 

@@ -163,7 +163,21 @@ class StoreWriter:
             except BaseException:
                 self._file.close()
                 raise
+        self._hold_datasets()
         self._last_flush = time.monotonic()
+
+    def _hold_datasets(self) -> None:
+        """Keep every dataset the writer touches open for its lifetime.
+
+        HDF5 flushes and drops a dataset's chunk cache whenever its last handle closes, so reopening a hook
+        per append would write out and re-read (and re-checksum) the partly filled chunk every time.
+        """
+        f = self._file
+        resume = f[RESUME_GROUP]
+        self._hook_datasets = {hook: f[HOOKS_GROUP][hook] for hook in self.hooks}
+        self._slot_stats = {hook: resume["stats"][hook] for hook in self.hooks}
+        self._tokens, self._offsets = f[TOKENS], f[SEQ_OFFSETS]
+        self._slot_overflow, self._slot_sequences = resume["overflow_counts"], resume["slot_sequences"]
 
     def _refuse_existing_final(self) -> None:
         if self.path.exists() and not self._overwrite:
@@ -250,7 +264,7 @@ class StoreWriter:
     def _convert_to_float32(self, hook: str) -> h5py.Dataset:
         """Replace a float16 hook dataset by a float32 copy (exact: every float16 is a float32)."""
         f = self._file
-        old = f[HOOKS_GROUP][hook]
+        old = self._hook_datasets[hook]
         # Copy under resume/float32 first: a crash before the final move leaves the float16 original intact,
         # and one after the delete leaves a complete copy (resume.py finishes either case).
         new = self._create_hook_dataset(f[RESUME_GROUP].require_group("float32"), hook, _F32, rows=self._n_rows)
@@ -261,8 +275,9 @@ class StoreWriter:
         new.attrs.update(dict(old.attrs))
         new.attrs["stored_dtype"] = _F32.name
         del f[HOOKS_GROUP][hook]
-        f.move(new.name, f"{HOOKS_GROUP}/{hook}")
-        return f[HOOKS_GROUP][hook]
+        f.move(new.name, f"{HOOKS_GROUP}/{hook}")  # the handle follows the object to its new name
+        self._hook_datasets[hook] = new
+        return new
 
     # ---------------------------------------------------------------------------------------------- append
     def append(self, tokens: Any, acts: Mapping[str, Any]) -> None:
@@ -280,17 +295,15 @@ class StoreWriter:
         n = len(tokens)
         prepared = self._prepare(n, acts)
         start, stop = self._n_rows, self._n_rows + n
-        hooks = self._file[HOOKS_GROUP]
         # Datasets are resized to exactly `stop`, so rows left behind by a failed append are overwritten.
         for hook, (values, as_f16, overflow) in prepared.items():
-            dataset = hooks[hook]
+            dataset = self._hook_datasets[hook]
             if dataset.dtype == _F16 and overflow:
                 dataset = self._convert_to_float32(hook)
             dataset.resize(stop, axis=0)
             dataset[start:stop] = as_f16 if dataset.dtype == _F16 else values.astype(_F32, copy=False)
-        token_dataset = self._file[TOKENS]
-        token_dataset.resize(stop, axis=0)
-        token_dataset[start:stop] = tokens
+        self._tokens.resize(stop, axis=0)
+        self._tokens[start:stop] = tokens
         self._commit(prepared, {hook: source_dtype_name(acts[hook]) for hook in self.hooks}, stop)
 
     def _prepare(self, n: int, acts: Mapping[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
@@ -340,21 +353,19 @@ class StoreWriter:
     ) -> None:
         n_new = self.n_sequences + 1
         slot = n_new % 2
-        resume = self._file[RESUME_GROUP]
         sums, sumsqs, overflow = {}, {}, {}
         for hook, (values, _, count) in prepared.items():
             wide = values.astype(np.float64)
             sums[hook] = self._sums[hook] + wide.sum(axis=0)
             sumsqs[hook] = self._sumsqs[hook] + np.einsum("ij,ij->j", wide, wide)
             overflow[hook] = self._overflow[hook] + count
-            resume["stats"][hook][slot] = np.stack([sums[hook], sumsqs[hook]])
+            self._slot_stats[hook][slot] = np.stack([sums[hook], sumsqs[hook]])
             if not self._source_dtypes[hook]:
-                self._file[HOOKS_GROUP][hook].attrs["source_dtype"] = source_dtypes[hook]
-        resume["overflow_counts"][slot] = np.array([overflow[hook] for hook in self.hooks], np.int64)
-        resume["slot_sequences"][slot] = n_new
-        offsets = self._file[SEQ_OFFSETS]
-        offsets.resize(n_new + 1, axis=0)
-        offsets[n_new] = stop
+                self._hook_datasets[hook].attrs["source_dtype"] = source_dtypes[hook]
+        self._slot_overflow[slot] = np.array([overflow[hook] for hook in self.hooks], np.int64)
+        self._slot_sequences[slot] = n_new
+        self._offsets.resize(n_new + 1, axis=0)
+        self._offsets[n_new] = stop
         self._sums, self._sumsqs, self._overflow = sums, sumsqs, overflow
         self._source_dtypes = source_dtypes
         self._n_rows, self.n_sequences = stop, n_new
@@ -374,10 +385,10 @@ class StoreWriter:
         self._refuse_existing_final()
         f = self._file
         n = self._n_rows
-        f[TOKENS].resize(n, axis=0)
+        self._tokens.resize(n, axis=0)
         stats = f.require_group(STATS_GROUP)
         for hook in self.hooks:
-            dataset = f[HOOKS_GROUP][hook]
+            dataset = self._hook_datasets[hook]
             dataset.resize(n, axis=0)
             dataset.attrs.update({"overflow_count": self._overflow[hook], "source_dtype": self._source_dtypes[hook]})
             if hook in stats:
@@ -386,7 +397,7 @@ class StoreWriter:
             summed = np.stack([self._sums[hook], self._sumsqs[hook]])
             stats.create_dataset(hook, data=summed, chunks=summed.shape, fletcher32=True)
             stats[hook].attrs["count"] = n
-        f.attrs["tokens_sha256"] = tokens_sha256(f[TOKENS][:], f[SEQ_OFFSETS][:])
+        f.attrs["tokens_sha256"] = tokens_sha256(self._tokens[:], self._offsets[:])
         del f[RESUME_GROUP]
         f.attrs["complete"] = True
         f.close()
