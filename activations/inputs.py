@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from .hooks import parse_hook, sort_hooks
 from .layout import RESERVED_HOOK_ATTRS
 
 _INT32 = np.iinfo(np.int32)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _NUMPY_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -148,3 +150,66 @@ def check_hook_attrs(
                 f"{hook}: n_heads * head_dim = {heads} * {head_dim} does not equal its width {hooks[hook]}"
             )
     return checked
+
+
+@dataclass(frozen=True)
+class HookInput:
+    """One hook's activations for one sequence, checked and ready to write."""
+
+    values: np.ndarray  # (T, width) source values, float16/32/64 (bfloat16 already widened to float32)
+    as_float16: np.ndarray  # (T, width) their float16 rounding
+    overflow: int  # how many values float16 rounds to +-inf
+    source_dtype: str  # dtype name as handed over, e.g. "bfloat16"
+
+
+def prepare_sequence(
+    hooks: Mapping[str, int], n: int, acts: Any, source_dtypes: Mapping[str, str], where: str
+) -> dict[str, HookInput]:
+    """Check one sequence's activations for every hook before anything is written.
+
+    Parameters
+    ----------
+    hooks : mapping of str to int
+        Hook -> width of the store.
+    n : int
+        Number of tokens of the sequence.
+    acts : mapping of str to array-like, each (n, width)
+        The caller's activations.
+    source_dtypes : mapping of str to str
+        Dtype of earlier sequences per hook (``""`` if none yet); a hook may not change dtype.
+    where : str
+        Names the sequence in error messages.
+    """
+    if not isinstance(acts, Mapping):
+        raise ValueError(f"acts must be a mapping of hook name -> (T, width) array, got {type(acts).__name__}")
+    missing, extra = sorted(set(hooks) - set(acts)), sorted(set(acts) - set(hooks))
+    if missing or extra:
+        raise ValueError(f"acts must hold exactly the store's hooks; missing {missing}, unexpected {extra}")
+    prepared = {}
+    for hook, width in hooks.items():
+        source_dtype = source_dtype_name(acts[hook])
+        if source_dtypes[hook] and source_dtype != source_dtypes[hook]:
+            raise ValueError(
+                f"{hook}: {where} is {source_dtype} but earlier sequences were {source_dtypes[hook]}; "
+                "append one dtype per hook"
+            )
+        values = as_float_array(acts[hook], hook)
+        if values.shape != (n, width):
+            raise ValueError(
+                f"{hook}: {where} has shape {values.shape}, expected ({n}, {width}) "
+                "(one row per token, the width given in hooks)"
+            )
+        finite = np.isfinite(values)
+        if not finite.all():
+            row, col = np.argwhere(~finite)[0]
+            raise ValueError(
+                f"{hook}: {where} has non-finite activations (first at position {row}, column {col}); "
+                "refusing to store NaN/inf"
+            )
+        if values.dtype.itemsize > 4 and np.abs(values).max() > _FLOAT32_MAX:
+            raise ValueError(f"{hook}: {where} has values beyond the float32 range; rescale them")
+        with np.errstate(over="ignore"):
+            as_float16 = values.astype(np.float16)
+        overflow = int(np.count_nonzero(np.isinf(as_float16)))
+        prepared[hook] = HookInput(values, as_float16, overflow, source_dtype)
+    return prepared

@@ -28,13 +28,13 @@ import h5py
 import numpy as np
 
 from .inputs import (
-    as_float_array,
+    HookInput,
     as_token_array,
     check_attrs,
     check_hook_attrs,
     check_hooks,
     config_json,
-    source_dtype_name,
+    prepare_sequence,
 )
 from .layout import (
     CHUNK_CACHE_BYTES,
@@ -64,7 +64,6 @@ from .resume import restore_state
 
 _F16 = np.dtype(np.float16)
 _F32 = np.dtype(np.float32)
-_F32_MAX = float(np.finfo(np.float32).max)
 
 
 class StoreWriter:
@@ -293,81 +292,40 @@ class StoreWriter:
         self._check_open()
         tokens = as_token_array(tokens)
         n = len(tokens)
-        prepared = self._prepare(n, acts)
+        prepared = prepare_sequence(self.hooks, n, acts, self._source_dtypes, f"sequence {self.n_sequences}")
         start, stop = self._n_rows, self._n_rows + n
         # Datasets are resized to exactly `stop`, so rows left behind by a failed append are overwritten.
-        for hook, (values, as_f16, overflow) in prepared.items():
+        for hook, hook_input in prepared.items():
             dataset = self._hook_datasets[hook]
-            if dataset.dtype == _F16 and overflow:
+            if dataset.dtype == _F16 and hook_input.overflow:
                 dataset = self._convert_to_float32(hook)
             dataset.resize(stop, axis=0)
-            dataset[start:stop] = as_f16 if dataset.dtype == _F16 else values.astype(_F32, copy=False)
+            if dataset.dtype == _F16:
+                dataset[start:stop] = hook_input.as_float16
+            else:
+                dataset[start:stop] = hook_input.values.astype(_F32, copy=False)
         self._tokens.resize(stop, axis=0)
         self._tokens[start:stop] = tokens
-        self._commit(prepared, {hook: source_dtype_name(acts[hook]) for hook in self.hooks}, stop)
+        self._commit(prepared, stop)
 
-    def _prepare(self, n: int, acts: Mapping[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
-        """Check every hook's activations before anything is written.
-
-        Returns hook -> (values, their float16 cast, count of values that overflow float16).
-        """
-        if not isinstance(acts, Mapping):
-            raise ValueError(f"acts must be a mapping of hook name -> (T, width) array, got {type(acts).__name__}")
-        missing, extra = sorted(set(self.hooks) - set(acts)), sorted(set(acts) - set(self.hooks))
-        if missing or extra:
-            raise ValueError(f"acts must hold exactly the store's hooks; missing {missing}, unexpected {extra}")
-        prepared = {}
-        where = f"sequence {self.n_sequences}"
-        for hook, width in self.hooks.items():
-            source_dtype = source_dtype_name(acts[hook])
-            if self._source_dtypes[hook] and source_dtype != self._source_dtypes[hook]:
-                raise ValueError(
-                    f"{hook}: {where} is {source_dtype} but earlier sequences were "
-                    f"{self._source_dtypes[hook]}; append one dtype per hook"
-                )
-            values = as_float_array(acts[hook], hook)
-            if values.shape != (n, width):
-                raise ValueError(
-                    f"{hook}: {where} has shape {values.shape}, expected ({n}, {width}) "
-                    "(one row per token, the width given in hooks)"
-                )
-            finite = np.isfinite(values)
-            if not finite.all():
-                row, col = np.argwhere(~finite)[0]
-                raise ValueError(
-                    f"{hook}: {where} has non-finite activations (first at position {row}, "
-                    f"column {col}); refusing to store NaN/inf"
-                )
-            if values.dtype.itemsize > 4 and np.abs(values).max() > _F32_MAX:
-                raise ValueError(f"{hook}: {where} has values beyond the float32 range; rescale them")
-            with np.errstate(over="ignore"):
-                as_f16 = values.astype(_F16)
-            prepared[hook] = (values, as_f16, int(np.count_nonzero(np.isinf(as_f16))))
-        return prepared
-
-    def _commit(
-        self,
-        prepared: dict[str, tuple[np.ndarray, np.ndarray, int]],
-        source_dtypes: dict[str, str],
-        stop: int,
-    ) -> None:
+    def _commit(self, prepared: dict[str, HookInput], stop: int) -> None:
         n_new = self.n_sequences + 1
         slot = n_new % 2
         sums, sumsqs, overflow = {}, {}, {}
-        for hook, (values, _, count) in prepared.items():
-            wide = values.astype(np.float64)
+        for hook, hook_input in prepared.items():
+            wide = hook_input.values.astype(np.float64)
             sums[hook] = self._sums[hook] + wide.sum(axis=0)
             sumsqs[hook] = self._sumsqs[hook] + np.einsum("ij,ij->j", wide, wide)
-            overflow[hook] = self._overflow[hook] + count
+            overflow[hook] = self._overflow[hook] + hook_input.overflow
             self._slot_stats[hook][slot] = np.stack([sums[hook], sumsqs[hook]])
             if not self._source_dtypes[hook]:
-                self._hook_datasets[hook].attrs["source_dtype"] = source_dtypes[hook]
+                self._hook_datasets[hook].attrs["source_dtype"] = hook_input.source_dtype
         self._slot_overflow[slot] = np.array([overflow[hook] for hook in self.hooks], np.int64)
         self._slot_sequences[slot] = n_new
         self._offsets.resize(n_new + 1, axis=0)
         self._offsets[n_new] = stop
         self._sums, self._sumsqs, self._overflow = sums, sumsqs, overflow
-        self._source_dtypes = source_dtypes
+        self._source_dtypes = {hook: hook_input.source_dtype for hook, hook_input in prepared.items()}
         self._n_rows, self.n_sequences = stop, n_new
         if time.monotonic() - self._last_flush >= self._flush_interval:
             self._file.flush()
