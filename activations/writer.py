@@ -118,9 +118,12 @@ class StoreWriter:
             raise ValueError(f"pass the final store name, not the partial file: {self.path}")
         self.partial_path = partial_path_for(self.path)
         self.hooks = check_hooks(hooks)
-        if str(dtype) not in STORAGE_DTYPES:
+        try:
+            self.dtype = np.dtype(dtype)  # accepts "float16", np.float16, np.dtype("float16")
+        except TypeError:
+            self.dtype = None
+        if self.dtype is None or self.dtype.name not in STORAGE_DTYPES:
             raise ValueError(f"dtype must be one of {STORAGE_DTYPES}, got {dtype!r}")
-        self.dtype = np.dtype(str(dtype))
         if compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
         self.compression = compression

@@ -270,6 +270,7 @@ def test_writer_refuses_bad_input_before_writing(tmp_path: Path) -> None:
         ({"hooks": {HOOK: 0}}, "positive int"),
         ({"hooks": {}}, "non-empty"),
         ({"dtype": "bfloat16"}, "dtype must be"),
+        ({"dtype": np.float64}, "dtype must be"),
         ({"compression": "zstd"}, "compression must be"),
         ({"attrs": {"tokens_sha256": "x"}}, "manages these itself"),
         ({"attrs": {"nested": {"a": 1}}}, "put structured data in config"),
