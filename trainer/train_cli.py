@@ -141,6 +141,8 @@ def sweep_command(config_file: str | None, alphas: str, distance_sets: str, seed
     """Train and evaluate a grid alpha x distance sets x seeds on the same held-out tokens; rerun to resume."""
     from trainer.sweep import SweepGrid, format_summary, sweep
 
+    if options["out"] is None and "out" not in (load_config_file(config_file) if config_file else {}):
+        options["out"] = "runs/sweep"
     template = build_config(config_file, options)
     grid = SweepGrid.parse(alphas, distance_sets, seeds)
     summary = sweep(template, grid, template.out, callback=echo_progress)
