@@ -61,11 +61,14 @@ def test_probe_recovers_planted_signal_only_where_planted(stores):
     assert signal["n_sequences"] == N_SEQUENCES and signal["n_classes"] == VOCAB
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_shuffled_labels_score_at_chance(stores, seed):
-    (row,) = run_probes(stores["a"], task="prev1", layers=[1], top_k=VOCAB, seed=seed, shuffle_labels=True)
-    assert row["shuffled_labels"] is True
-    assert row["ci_low"] <= row["chance"] <= row["ci_high"]
+def test_shuffled_labels_score_at_chance(stores):
+    # Each 95% interval misses chance now and then (one of these ten seeds does), so judge the set.
+    rows = [run_probes(stores["a"], task="prev1", layers=[1], top_k=VOCAB, seed=seed, shuffle_labels=True)[0]
+            for seed in range(10)]
+    assert all(row["shuffled_labels"] for row in rows)
+    covered = sum(row["ci_low"] <= row["chance"] <= row["ci_high"] for row in rows)
+    assert covered >= 8
+    assert abs(np.mean([row["accuracy"] - row["chance"] for row in rows])) < 0.015
 
 
 def test_current_token_task_and_pca_and_logistic(stores):
