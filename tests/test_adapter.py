@@ -95,7 +95,7 @@ def test_tap_weights_sum_to_one_and_respect_availability(base, distances, start)
 def test_tap_weights_are_softmax_of_logits(base):
     adapter = make_adapter(base, distances=(1, 2, 3))
     randomise(adapter, seed=3)
-    logits = np.array(adapter.layers["5"].tap_logits)
+    logits = np.array(adapter.layers["block5"].tap_logits)
     expected = np.exp(logits) / np.exp(logits).sum()
     np.testing.assert_allclose(list(adapter.tap_weights()[5].values()), expected, rtol=1e-5)
 
@@ -115,7 +115,7 @@ def test_only_adapter_parameters_train(base):
     model = AdaptedModel(base, make_adapter(base, distances=(1, 2), alpha_mode="learnable", norm="learned"))
     names = [k for k, _ in tree_flatten(model.trainable_parameters())]
     assert names and all(k.startswith("adapter.") for k in names)
-    assert "adapter.alpha" in names and "adapter.layers.3.kv_norm.weight" in names
+    assert "adapter.alpha" in names and "adapter.layers.block3.kv_norm.weight" in names
 
 
 def test_per_head_gates_start_at_alpha(base):
@@ -169,6 +169,6 @@ def test_zero_init_trains_output_projection_first(base, tokens):
         return nn.losses.cross_entropy(m(tokens[:, :-1]), tokens[:, 1:]).mean()
 
     grads = dict(tree_flatten(nn.value_and_grad(model, loss)(model)[1]))
-    assert mx.abs(grads["adapter.layers.4.o_proj.weight"]).max().item() > 0
+    assert mx.abs(grads["adapter.layers.block4.o_proj.weight"]).max().item() > 0
     # dL/dWq is zero at step 0 (o_proj = 0 blocks it); it opens once o_proj moves.
-    assert mx.abs(grads["adapter.layers.4.q_proj.weight"]).max().item() == 0
+    assert mx.abs(grads["adapter.layers.block4.q_proj.weight"]).max().item() == 0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_map
 
-from trainer.adapter import AdapterArgs, MultiTapAdapter
+from trainer.adapter import AdapterArgs, MultiTapAdapter, block_key
 from trainer.errors import UserError
 from trainer.forward import AdaptedModel, hook_names, run, tiny_llama
 
@@ -83,7 +83,7 @@ def reference_skip(base, adapter, cap, i) -> np.ndarray:
 
     RoPE comes from mlx-lm's module (that is the base's definition); everything else is recomputed here.
     """
-    args, layer, skip = adapter.args, base.layers[i], adapter.layers[str(i)]
+    args, layer, skip = adapter.args, base.layers[i], adapter.layers[block_key(i)]
     norm = layer.input_layernorm
     x = np.array(norm(cap[f"blocks.{i}.hook_resid_pre"]), dtype=np.float64)
     hist = [np.array(norm(cap[f"blocks.{i - d}.hook_resid_pre"]), dtype=np.float64) for d in args.taps(i)]

@@ -125,6 +125,11 @@ class AdapterArgs:
         return [i for i in range(self.n_layers) if self.taps(i)]
 
 
+def block_key(i: int) -> str:
+    """Name of block i's skip path. Not a bare number: mlx's tree_unflatten turns numeric keys into lists."""
+    return f"block{i}"
+
+
 class SkipAttention(nn.Module):
     """The skip path of one block: shared q/k/v/o projections, tap logits, optional norm and alpha.
 
@@ -189,16 +194,16 @@ class MultiTapAdapter(nn.Module):
     def __init__(self, args: AdapterArgs):
         super().__init__()
         self.args = args
-        self.layers = {str(i): SkipAttention(args, len(args.taps(i))) for i in args.skip_layers()}
+        self.layers = {block_key(i): SkipAttention(args, len(args.taps(i))) for i in args.skip_layers()}
         if args.alpha_mode == "learnable":
             self.alpha = mx.array([args.alpha])
 
     def has_layer(self, i: int) -> bool:
-        return str(i) in self.layers
+        return block_key(i) in self.layers
 
     def layer_parameters(self, i: int) -> dict:
         """The trainable parameters block `i`'s skip path reads (for per-block gradient checkpointing)."""
-        params = {"layers": {str(i): self.layers[str(i)].trainable_parameters()}}
+        params = {"layers": {block_key(i): self.layers[block_key(i)].trainable_parameters()}}
         if self.args.alpha_mode == "learnable":
             params["alpha"] = self.alpha
         return params
@@ -218,7 +223,7 @@ class MultiTapAdapter(nn.Module):
         -------
         (B, T, hidden) added to the block's attention output.
         """
-        layer = self.layers[str(i)]
+        layer = self.layers[block_key(i)]
         norm = layer.kv_norm if self.args.norm == "learned" else block.input_layernorm
         taps = [norm(src) for src in sources]
         attn = block.self_attn
@@ -238,7 +243,7 @@ class MultiTapAdapter(nn.Module):
         """{layer: {distance: weight}} for every skip layer (weights sum to 1 per layer)."""
         out = {}
         for i in self.args.skip_layers():
-            w = self.layers[str(i)].tap_weights().tolist()
+            w = self.layers[block_key(i)].tap_weights().tolist()
             out[i] = dict(zip(self.args.taps(i), w, strict=True))
         return out
 
@@ -247,7 +252,7 @@ class MultiTapAdapter(nn.Module):
         mode, a = self.args.alpha_mode, self.args.alpha
         out = {}
         for i in self.args.skip_layers():
-            layer = self.layers[str(i)]
+            layer = self.layers[block_key(i)]
             if mode == "fixed":
                 out[i] = a
             elif mode == "learnable":
