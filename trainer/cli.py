@@ -10,6 +10,7 @@ import click
 from trainer.base import DEFAULT_BASE
 from trainer.blas import reexec_with_openblas
 from trainer.errors import run_cli
+from trainer.train_cli import COMMANDS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,6 +80,10 @@ def dump(source: str, out: str, **options) -> None:
     from trainer.dump import dump as run_dump
 
     run_dump(DumpConfig(source=source, out=out, **options))
+
+
+for _command in COMMANDS:
+    cli.add_command(_command)
 
 
 def main() -> None:
