@@ -32,16 +32,33 @@ def test_greedy_completion_is_paris(real_base):
     assert text.strip().startswith("Paris")
 
 
-def test_perplexity_on_held_out_web_text(real_base):
-    ts = load_tokens("web", "validation", real_base.tokenizer, seq_len=512, max_tokens=6000)
+def web_perplexity(model, tokenizer, n_tokens: int = 6000) -> float:
+    ts = load_tokens("web", "validation", tokenizer, seq_len=512, max_tokens=n_tokens)
     total, count = 0.0, 0
     for i in range(0, len(ts.tokens), 4):
         x, m = mx.array(ts.tokens[i:i + 4]), mx.array(ts.mask[i:i + 4])
-        ce = nn.losses.cross_entropy(real_base.model(x[:, :-1]).astype(mx.float32), x[:, 1:]) * m[:, 1:]
+        ce = nn.losses.cross_entropy(model(x[:, :-1]).astype(mx.float32), x[:, 1:]) * m[:, 1:]
         total += ce.sum().item()
         count += m[:, 1:].sum().item()
-    ppl = float(np.exp(total / count))
-    assert 2.0 < ppl < 15.0, ppl
+    return float(np.exp(total / count))
+
+
+def test_perplexity_on_held_out_web_text(real_base):
+    # Measured: ~18 on the validation split, ~15 on the test split (Q4_1 weights, 512-token context). A port
+    # that loses RoPE's Q/K layout scores ~100 (next test), so this bound separates right from broken.
+    assert 2.0 < web_perplexity(real_base.model, real_base.tokenizer) < 25.0
+
+
+def test_perplexity_bound_catches_a_broken_port(real_base, tmp_path):
+    from mlx_lm import load
+    from mlx_lm.gguf import permute_weights
+
+    broken, _ = load(str(real_base.path))
+    heads, kv_heads = real_base.config["num_attention_heads"], real_base.config["num_key_value_heads"]
+    for layer in broken.model.layers:  # keep llama.cpp's Q/K row order, as a converter that forgot it would
+        layer.self_attn.q_proj.weight = permute_weights(layer.self_attn.q_proj.weight, heads, heads)
+        layer.self_attn.k_proj.weight = permute_weights(layer.self_attn.k_proj.weight, heads, kv_heads)
+    assert web_perplexity(broken, real_base.tokenizer, n_tokens=1500) > 50.0
 
 
 def test_fingerprints_and_parameter_count(real_base):
@@ -80,14 +97,15 @@ def test_directory_without_config_is_rejected(tmp_path):
     ("no-such-model", "unknown base"),
     ("HuggingFaceTB/SmolLM2-135M", "embedded default"),
 ])
-def test_cli_bad_base_is_one_line(spec, needle, monkeypatch):
+def test_cli_bad_base_is_one_line(spec, needle, monkeypatch, capsys):
     from trainer.errors import run_cli
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("sys.argv", ["psilotrain", "info", "--base", spec])
     with pytest.raises(SystemExit) as exit_info:
         run_cli(cli)
-    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and needle in err[0]
 
 
 def test_info_reports_blas_and_base(real_base):
