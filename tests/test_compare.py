@@ -124,3 +124,26 @@ def test_bad_input_is_one_line(stores, tmp_path, capsys, case):
     needle = {"tokens_differ": "different tokens", "unknown_path": "no such file", "bad_results": "bad.json",
               "missing_folder": "does not exist"}[case]
     assert needle in err[0]
+
+
+@pytest.mark.browser
+def test_compare_report_renders_every_chart_in_chromium(stores, tmp_path):
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    from psiloscope.charts import charts_for
+    from tests.test_report import _chromium_driver
+
+    a, b, _ = stores
+    result = compare(str(a), str(b), **OPTS)
+    html = result.to_html(tmp_path / "compare.html")
+    expected = len(charts_for(result.results))
+    assert expected >= 8
+    driver = _chromium_driver(tmp_path / "profile")
+    try:
+        driver.get(html.as_uri())
+        count = "return document.querySelectorAll('.vega-embed svg.marks').length"
+        WebDriverWait(driver, 25, poll_frequency=0.2).until(lambda d: d.execute_script(count) >= expected)
+        assert driver.execute_script(count) == expected
+        assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+    finally:
+        driver.quit()
