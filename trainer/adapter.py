@@ -52,7 +52,7 @@ class AdapterArgs:
     n_kv_heads: int
     head_dim: int
     rms_norm_eps: float = 1e-5
-    distances: tuple[int, ...] = (1, 2, 3)
+    distances: tuple[int, ...] = (3, 4, 5)  # the research's taps
     start_layer: int = 3
     tap_mix: str = "kv"
     alpha: float = 0.65
@@ -100,7 +100,7 @@ class AdapterArgs:
             if value not in allowed:
                 raise UserError(f"--{name} must be one of {', '.join(allowed)}; got {value!r}")
         if not self.distances:
-            raise UserError("--distances is empty; give at least one tap distance, e.g. 1,2,3 (0 = control)")
+            raise UserError("--distances is empty; give at least one tap distance, e.g. 3,4,5 (0 = control)")
         if min(self.distances) < 0:
             raise UserError(f"--distances must be >= 0; got {list(self.distances)}")
         if not 0 <= self.start_layer < self.n_layers:

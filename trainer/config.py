@@ -31,7 +31,7 @@ def parse_distances(value) -> tuple[int, ...]:
     try:
         return tuple(sorted({int(p) for p in parts}))
     except (TypeError, ValueError):
-        raise UserError(f"--distances must be comma-separated integers, e.g. 1,2,3; got {value!r}") from None
+        raise UserError(f"--distances must be comma-separated integers, e.g. 3,4,5; got {value!r}") from None
 
 
 @dataclass
@@ -43,7 +43,7 @@ class TrainConfig:
     split_seed: int = 0
     max_train_tokens: int | None = None
     # adapter
-    distances: tuple[int, ...] = (1, 2, 3)
+    distances: tuple[int, ...] = (3, 4, 5)  # the research's taps
     start_layer: int = 3
     tap_mix: str = "kv"
     alpha: float = 0.65
@@ -111,7 +111,7 @@ class TrainConfig:
         if not (self.alpha >= 0 and math.isfinite(self.alpha)):
             raise UserError(f"--alpha must be a finite number >= 0; got {self.alpha}")
         if not self.distances:
-            raise UserError("--distances is empty; give at least one tap distance, e.g. 1,2,3 (0 = control)")
+            raise UserError("--distances is empty; give at least one tap distance, e.g. 3,4,5 (0 = control)")
         if not self.lr > 0:
             raise UserError(f"--lr must be > 0; got {self.lr}")
         if not 0 <= self.warmup < self.steps:

@@ -34,7 +34,7 @@ GRID_KEYS = ("alpha", "distances", "seed", "out", "resume")
 @dataclass
 class SweepGrid:
     alphas: tuple[float, ...] = (0.65,)
-    distance_sets: tuple[tuple[int, ...], ...] = ((1, 2, 3), (0,))
+    distance_sets: tuple[tuple[int, ...], ...] = ((3, 4, 5), (0,))
     seeds: tuple[int, ...] = (0,)
 
     @classmethod

@@ -19,7 +19,7 @@ TRAIN_OPTIONS = [
     ("--data", "data", dict(help="Corpus: web (offline default), wikitext2, tinystories or a .txt file/folder.")),
     ("--split-seed", "split_seed", dict(type=int, help="Seed of the document-level train/validation/test split.")),
     ("--max-train-tokens", "max_train_tokens", dict(type=int, help="Cap on real training tokens.")),
-    ("--distances", "distances", dict(help="Tap distances, e.g. 1,2,3; 0 taps the block's own input (control).")),
+    ("--distances", "distances", dict(help="Tap distances (default 3,4,5); 0 taps the block's own input (control).")),
     ("--alpha", "alpha", dict(type=float, help="Skip output scale alpha (>= 0; initial value if learnable).")),
     ("--alpha-mode", "alpha_mode", dict(type=click.Choice(["fixed", "learnable", "per-layer", "per-head"]),
                                         help="Fixed alpha, one learnable scalar, one per layer, or head gates.")),
@@ -134,7 +134,7 @@ def eval_command(run_dir: str, split: str, batch_size: int, n_boot: int, toggle:
 @click.command("sweep")
 @training_options(exclude=SWEEP_VARIED)
 @click.option("--alphas", default="0.65", show_default=True, help="Comma-separated alpha values.")
-@click.option("--distance-sets", default="1,2,3;0", show_default=True,
+@click.option("--distance-sets", default="3,4,5;0", show_default=True,
               help="Semicolon-separated distance sets; '0' is the parameter-matched control arm.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
 def sweep_command(config_file: str | None, alphas: str, distance_sets: str, seeds: str, **options) -> None:
