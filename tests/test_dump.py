@@ -118,3 +118,25 @@ def test_parse_layers():
     assert parse_layers("1,3-5", 8) == [1, 3, 4, 5]
     with pytest.raises(UserError):
         parse_layers("x", 4)
+
+
+@pytest.mark.slow
+def test_base_and_adapted_dumps_of_the_real_base_pair(tmp_path, real_base):
+    from trainer.config import TrainConfig
+    from trainer.train import train
+
+    run_dir = tmp_path / "run"
+    cfg = TrainConfig(steps=2, batch_size=2, seq_len=64, warmup=0, eval_every=0, eval_seqs=2, eval_toggle=False,
+                      report_every=1, save_every=2, max_train_tokens=2000, out=str(run_dir))
+    train(cfg, base=real_base, progress=False)
+    common = dict(tokens=150, seq_len=64, layers="3-4")
+    base_store = Store(dump(small(tmp_path, "smollm2-135m-instruct", "base.h5", hooks="resid_post", **common),
+                            progress=False))
+    run_store = Store(dump(small(tmp_path, run_dir, "run.h5", hooks="resid_post,skip_out", **common), progress=False))
+    assert base_store.tokens_sha256 == run_store.tokens_sha256
+    assert base_store.attrs["model_fingerprint"] == run_store.attrs["model_fingerprint"] == real_base.weights_sha256
+    assert base_store.attrs["adapter_fingerprint"] == "none" != run_store.attrs["adapter_fingerprint"]
+    assert "blocks.3.hook_skip_out" in run_store.hooks
+    # Two steps of training moved the adapted residual stream away from the base's.
+    diff = np.abs(run_store.read("blocks.4.hook_resid_post") - base_store.read("blocks.4.hook_resid_post")).max()
+    assert 0 < diff
