@@ -47,16 +47,21 @@ def _check_not_saturated(n: int, d1: int, d2: int) -> None:
 
 
 def _orthonormal_basis(Xc: np.ndarray, name: str) -> np.ndarray:
-    """Q: (n, d) with orthonormal columns spanning the centred columns of Xc; refuses rank deficiency."""
+    """Q: (n, d) with orthonormal columns spanning the centred columns of Xc; refuses rank deficiency.
+
+    Householder QR (about 5x cheaper than an SVD); a |r_jj| negligible against the largest flags a column
+    that is (numerically) a combination of the earlier ones.
+    """
     check_no_constant_columns(Xc, name, remedy=f"CCA needs full column rank: drop them or {_REDUCE_HINT}.")
-    U, S, _ = np.linalg.svd(Xc, full_matrices=False)
-    rank = int(np.sum(S > S[0] * max(Xc.shape) * np.finfo(np.float64).eps))
+    Q, R = np.linalg.qr(Xc)
+    diag = np.abs(np.diag(R))
+    rank = int(np.sum(diag > diag.max() * max(Xc.shape) * np.finfo(np.float64).eps))
     if rank < Xc.shape[1]:
         raise ValueError(
             f"{name} has collinear columns (rank {rank} < {Xc.shape[1]} features), so CCA is ill-posed; "
             f"drop redundant columns or {_REDUCE_HINT}."
         )
-    return U
+    return Q
 
 
 def _cca(Xc: np.ndarray, Yc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -85,12 +90,18 @@ def mean_cca(X: object, Y: object, *, squared: bool = False) -> float:
 
 
 def _top_components(Xc: np.ndarray, variance: float, name: str) -> np.ndarray:
-    """Scores U_k S_k of the fewest principal components whose Σs² reaches ``variance`` of the total."""
+    """Scores U_k S_k of the fewest principal components whose Σs² reaches ``variance`` of the total.
+
+    From the eigendecomposition of the smaller of XᵀX and XXᵀ (s² are its eigenvalues), O(n·d·min(n, d))
+    like an SVD but several times cheaper; scores are X V_k (or U_k S_k from the Gram side).
+    """
     check_not_constant(Xc, name)
-    U, S, _ = np.linalg.svd(Xc, full_matrices=False)
-    cumulative = np.cumsum(S**2) / np.sum(S**2)
-    k = min(int(np.searchsorted(cumulative, variance)) + 1, len(S))
-    return U[:, :k] * S[:k]
+    gram_side = Xc.shape[0] < Xc.shape[1]
+    evals, evecs = np.linalg.eigh(Xc @ Xc.T if gram_side else Xc.T @ Xc)
+    evals, evecs = np.clip(evals[::-1], 0.0, None), evecs[:, ::-1]
+    cumulative = np.cumsum(evals) / np.sum(evals)
+    k = min(int(np.searchsorted(cumulative, variance)) + 1, int(np.sum(evals > 0)))
+    return evecs[:, :k] * np.sqrt(evals[:k]) if gram_side else Xc @ evecs[:, :k]
 
 
 def svcca(X: object, Y: object, *, variance: float = 0.99) -> float:

@@ -65,17 +65,32 @@ def _result(spectrum: np.ndarray, directions: np.ndarray, mean: np.ndarray, n: i
 
 
 def pca(X: object, n_components: int | None = None) -> PCAResult:
-    """PCA of X: (n_samples, n_features) by SVD of the centred data, O(n·d·min(n, d)).
+    """PCA of X: (n_samples, n_features) by eigendecomposition of the smaller of the centred covariance
+    (d x d) and Gram (n x n) matrices, O(n·d·min(n, d)).
 
-    Eigenvalues are s²/(n-1).  ``n_components`` (default: all min(n, d)) only limits the returned
-    components; the spectrum summaries always use the full spectrum.
+    Eigenvalues are s²/(n-1) of the centred data.  ``n_components`` (default: all min(n, d)) only limits
+    the returned components; the spectrum summaries always use the full spectrum.
     """
     X = as_matrix(X, "X")
     check_min_rows(len(X), 2, "PCA")
     check_not_constant(X, "X")
     mean = X.mean(axis=0)
-    _, S, Vt = np.linalg.svd(X - mean, full_matrices=False)
-    return _result(S**2 / (len(X) - 1), Vt.T, mean, len(X), n_components)
+    Xc = X - mean
+    if len(X) >= X.shape[1]:
+        evals, directions = np.linalg.eigh(Xc.T @ Xc)
+        evals, directions = evals[::-1], directions[:, ::-1]
+    else:  # Gram side: right singular vectors V = Xᵀ U / s
+        evals, U = np.linalg.eigh(Xc @ Xc.T)
+        evals, U = np.clip(evals[::-1], 0.0, None), U[:, ::-1]
+        s = np.sqrt(evals)
+        directions = (Xc.T @ U) / np.where(s > 0, s, 1.0)
+    return _result(evals / (len(X) - 1), directions, mean, len(X), n_components)
+
+
+def subspace_angles(Vx: np.ndarray, Vy: np.ndarray) -> np.ndarray:
+    """Principal angles (radians, ascending) between the row spaces of orthonormal Vx: (k, d), Vy: (k, d)."""
+    cosines = np.linalg.svd(Vx @ Vy.T, compute_uv=False)
+    return np.arccos(np.clip(cosines, -1.0, 1.0))  # cosines descend, so angles ascend
 
 
 class CovarianceAccumulator:
@@ -134,6 +149,4 @@ def principal_angles(X: object, Y: object, k: int) -> np.ndarray:
     if X.shape[1] != Y.shape[1]:
         raise ValueError(f"Principal angles need the same feature space; got widths {X.shape[1]} and "
                          f"{Y.shape[1]}. Compare subspaces of the same hook.")
-    Vx, Vy = pca(X, k).components, pca(Y, k).components
-    cosines = np.linalg.svd(Vx @ Vy.T, compute_uv=False)
-    return np.arccos(np.clip(cosines, -1.0, 1.0))  # cosines descend, so angles ascend
+    return subspace_angles(pca(X, k).components, pca(Y, k).components)

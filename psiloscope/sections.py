@@ -19,7 +19,7 @@ from psiloscope.cca import pwcca, svcca
 from psiloscope.cka import rbf_cka
 from psiloscope.heads import head_cka
 from psiloscope.novelty import novelty_from_rows
-from psiloscope.pca import pca, principal_angles
+from psiloscope.pca import pca, subspace_angles
 from psiloscope.robust import robust_targets
 from psiloscope.stores import cka_matrix_stores, compare_stores
 
@@ -72,13 +72,14 @@ def subsample_measures(store_a: Store, store_b: Store, hooks: list[str], opts,
     for hook in hooks:
         layer = parse_hook(hook)[0]
         X, Y = _read_rows(store_a, hook, rows), _read_rows(store_b, hook, rows)
-        for model, Z in (("A", X), ("B", Y)):
-            p = pca(Z)
+        fitted = {"A": pca(X), "B": pca(Y)}
+        for model, p in fitted.items():
             spectra.append({"model": model, "layer": layer, "effective_rank": p.effective_rank,
                             "participation_ratio": p.participation_ratio,
                             "explained_variance_ratio": p.explained_variance_ratio[:N_SPECTRUM].tolist()})
         k = min(N_ANGLES, X.shape[1])
-        angles.append({"layer": layer, "k": k, "mean_cos": float(np.mean(np.cos(principal_angles(X, Y, k))))})
+        theta = subspace_angles(fitted["A"].components[:k], fitted["B"].components[:k])
+        angles.append({"layer": layer, "k": k, "mean_cos": float(np.mean(np.cos(theta)))})
         for name, fn in (("rbf_cka", rbf_cka), ("svcca", svcca), ("pwcca", pwcca)):
             try:
                 with warnings.catch_warnings():
