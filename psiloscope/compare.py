@@ -157,8 +157,9 @@ def compare_stores_full(store_a: Store, store_b: Store, opts: CompareOptions, no
                          "dump with --hooks resid_post")
     out: dict[str, Any] = {}
     out["layers"] = sections.layer_rows(store_a, store_b, resid, opts, notes)
-    out["matrices"] = sections.matrices(store_a, store_b, resid, opts)
-    out["pca"], extra_rows = sections.subsample_measures(store_a, store_b, resid, opts, notes)
+    sub_a, sub_b, n_rows = sections.read_subsample(store_a, store_b, resid, opts)
+    out["matrices"] = sections.matrices(sub_a, sub_b, opts)
+    out["pca"], extra_rows = sections.subsample_measures(sub_a, sub_b, n_rows, opts, notes)
     out["layers"] += extra_rows
     if any(parse_hook(h)[1] == "attn_z" for h in set(store_a.hooks) & set(store_b.hooks)):
         out["heads"] = sections.heads(store_a, store_b, opts)

@@ -16,12 +16,12 @@ import numpy as np
 
 from activations import Store, parse_hook
 from psiloscope.cca import pwcca, svcca
-from psiloscope.cka import rbf_cka
+from psiloscope.cka import cka_matrix, rbf_cka
 from psiloscope.heads import head_cka
 from psiloscope.novelty import novelty_from_rows
 from psiloscope.pca import pca, subspace_angles
 from psiloscope.robust import robust_targets
-from psiloscope.stores import cka_matrix_stores, compare_stores
+from psiloscope.stores import compare_stores
 
 N_SPECTRUM = 20
 N_ANGLES = 10
@@ -64,14 +64,18 @@ def _read_rows(store: Store, hook: str, rows: np.ndarray) -> np.ndarray:
     return np.concatenate(pieces).astype(np.float64)
 
 
-def subsample_measures(store_a: Store, store_b: Store, hooks: list[str], opts,
-                       notes: list[str]) -> tuple[dict, list[dict]]:
-    """PCA spectra, principal angles, and RBF CKA / SVCCA / PWCCA rows on a subsample of whole sequences."""
+def read_subsample(store_a: Store, store_b: Store, hooks: list[str], opts) -> tuple[dict, dict, int]:
+    """({hook: (m, d) float64} for A, the same for B, m): a seeded sample of whole sequences, read once."""
     rows = _sample_rows(store_a, opts)
+    return ({h: _read_rows(store_a, h, rows) for h in hooks}, {h: _read_rows(store_b, h, rows) for h in hooks},
+            len(rows))
+
+
+def subsample_measures(sub_a: dict, sub_b: dict, n_rows: int, opts, notes: list[str]) -> tuple[dict, list[dict]]:
+    """PCA spectra, principal angles, and RBF CKA / SVCCA / PWCCA rows on the subsample."""
     spectra, angles, measures = [], [], []
-    for hook in hooks:
-        layer = parse_hook(hook)[0]
-        X, Y = _read_rows(store_a, hook, rows), _read_rows(store_b, hook, rows)
+    for hook, X in sub_a.items():
+        Y, layer = sub_b[hook], parse_hook(hook)[0]
         fitted = {"A": pca(X), "B": pca(Y)}
         for model, p in fitted.items():
             spectra.append({"model": model, "layer": layer, "effective_rank": p.effective_rank,
@@ -89,9 +93,9 @@ def subsample_measures(store_a: Store, store_b: Store, hooks: list[str], opts,
                 notes.append(f"{name} at layer {layer} not computed: {e}")
                 continue
             measures.append({"hook": hook, "layer": layer, "measure": name, "value": value, "ci_low": None,
-                             "ci_high": None, "n_tokens": int(len(rows))})
-    notes.append(f"RBF CKA, SVCCA, PWCCA, PCA and principal angles use a subsample of {len(rows)} rows "
-                 f"(whole sequences, seed {opts.seed}) and carry no interval")
+                             "ci_high": None, "n_tokens": n_rows})
+    notes.append(f"RBF CKA, SVCCA, PWCCA, PCA, principal angles and the layer x layer matrices use a subsample of "
+                 f"{n_rows} rows (whole sequences, seed {opts.seed}) and carry no interval")
     return {"spectra": spectra, "angles": angles}, measures
 
 
@@ -100,13 +104,14 @@ def _matrix(values: np.ndarray, labels: list[str]) -> dict:
             "values": [[float(v) if np.isfinite(v) else None for v in row] for row in values]}
 
 
-def matrices(store_a: Store, store_b: Store, hooks: list[str], opts) -> dict:
-    """Layer x layer minibatch debiased CKA: A vs A, B vs B and A vs B."""
+def matrices(sub_a: dict, sub_b: dict, opts) -> dict:
+    """Layer x layer minibatch debiased CKA on the subsample: A vs A, B vs B and A vs B."""
+    hooks = list(sub_a)
     labels = [f"L{parse_hook(h)[0]}" for h in hooks]
+    As, Bs = [sub_a[h] for h in hooks], [sub_b[h] for h in hooks]
     kw = {"batch_size": opts.matrix_batch, "seed": opts.seed}
-    return {"A_vs_A": _matrix(cka_matrix_stores(store_a, hooks, store_a, hooks, **kw), labels),
-            "B_vs_B": _matrix(cka_matrix_stores(store_b, hooks, store_b, hooks, **kw), labels),
-            "A_vs_B": _matrix(cka_matrix_stores(store_a, hooks, store_b, hooks, **kw), labels)}
+    return {"A_vs_A": _matrix(cka_matrix(As, As, **kw), labels), "B_vs_B": _matrix(cka_matrix(Bs, Bs, **kw), labels),
+            "A_vs_B": _matrix(cka_matrix(As, Bs, **kw), labels)}
 
 
 def heads(store_a: Store, store_b: Store, opts) -> list[dict]:
