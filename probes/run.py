@@ -30,10 +30,13 @@ def probe_hooks(store: Store, layers: list[int] | None, hook_kind: str) -> list[
         layer, kind = parse_hook(hook)
         if kind == hook_kind:
             of_kind[layer] = hook
+    if not of_kind:
+        kinds = sorted({parse_hook(hook)[1] for hook in store.hooks})
+        raise ValueError(f"the store has no {hook_kind!r} hooks; it holds hook kinds {kinds}")
     if layers is None:
-        if not of_kind:
-            raise ValueError(f"the store has no {hook_kind!r} hooks; it holds {sorted(store.hooks)}")
         return sorted(of_kind.items())
+    if len(layers) == 0:
+        raise ValueError(f"layers is empty; pass None for every layer or some of {sorted(of_kind)}")
     missing = [hook_name(int(layer), hook_kind) for layer in layers if int(layer) not in of_kind]
     if missing:
         raise ValueError(

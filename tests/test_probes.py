@@ -114,7 +114,9 @@ def test_bootstrap_interval_shrinks_with_more_sequences():
 def test_bad_requests_are_refused_with_clear_messages(stores):
     with pytest.raises(ValueError, match=r"lacks hooks \['blocks.7.hook_resid_post'\]"):
         run_probes(stores["a"], layers=[7])
-    with pytest.raises(ValueError, match="no 'resid_pre' hooks"):
+    with pytest.raises(ValueError, match="layers is empty"):
+        run_probes(stores["a"], layers=[])
+    with pytest.raises(ValueError, match=r"no 'resid_pre' hooks; it holds hook kinds \['resid_post'\]"):
         run_probes(stores["a"], hook_kind="resid_pre")
     with pytest.raises(ValueError, match="unknown probe task"):
         run_probes(stores["a"], task="prev6", layers=[0])
