@@ -91,9 +91,8 @@ def layer_similarity_chart(results: dict) -> alt.TopLevelMixin | None:
         y = alt.Y("value:Q", title="similarity", scale=alt.Scale(domain=_unit_domain(kind_rows, "ci_low",
                                                                                       "value", "ci_high")))
         colour = alt.Color("measure:N", title="measure")
-        band = alt.Chart(data).mark_area(opacity=0.18).encode(
-            x=x, y="ci_low:Q", y2="ci_high:Q", color=alt.Color("measure:N", legend=None),
-        )
+        # The band shares the line's colour encoding: a legend=None here would hide the measure legend.
+        band = alt.Chart(data).mark_area(opacity=0.18).encode(x=x, y="ci_low:Q", y2="ci_high:Q", color=colour)
         line = alt.Chart(data).mark_line(point=True).encode(
             x=x, y=y, color=colour,
             tooltip=[_tip("hook:N"), _tip("layer:O"), _tip("measure:N"), _tip("value:Q"), *_ci_tips(kind_rows),
