@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from trainer.adapter import AdapterArgs
 from trainer.base import DEFAULT_BASE
 from trainer.errors import UserError
 
@@ -42,16 +43,16 @@ class TrainConfig:
     data: str = "web"
     split_seed: int = 0
     max_train_tokens: int | None = None
-    # adapter
-    distances: tuple[int, ...] = (3, 4, 5)  # the research's taps
-    start_layer: int = 3
-    tap_mix: str = "kv"
-    alpha: float = 0.65
-    alpha_mode: str = "fixed"
-    init: str = "zero"
-    norm: str = "base"
-    tap_penalty: str = "none"
-    tap_penalty_weight: float = 0.0
+    # adapter (defaults are AdapterArgs', so the two cannot drift apart)
+    distances: tuple[int, ...] = AdapterArgs.distances
+    start_layer: int = AdapterArgs.start_layer
+    tap_mix: str = AdapterArgs.tap_mix
+    alpha: float = AdapterArgs.alpha
+    alpha_mode: str = AdapterArgs.alpha_mode
+    init: str = AdapterArgs.init
+    norm: str = AdapterArgs.norm
+    tap_penalty: str = AdapterArgs.tap_penalty
+    tap_penalty_weight: float = AdapterArgs.tap_penalty_weight
     # optimisation
     steps: int = 200
     batch_size: int = 4
