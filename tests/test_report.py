@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -136,7 +137,9 @@ def _chromium_driver(user_data_dir: Path):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # An explicit driver path keeps selenium-manager from looking for (and downloading) a driver.
-    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    # The suite runs with OpenBLAS preloaded for MLX (trainer.blas); Chromium must not inherit that preload.
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER), env=env), options=options)
 
 
 @pytest.mark.browser
