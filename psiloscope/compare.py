@@ -16,8 +16,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from activations import Store, StoreMismatchError, parse_hook
 from psiloscope import sections
 from psiloscope.results import save_results
@@ -228,7 +226,3 @@ def summary_lines(results: dict) -> list[str]:
         ci = f" [{h['ci_low']:.4g}, {h['ci_high']:.4g}]" if h.get("ci_low") is not None else ""
         lines.append(f"{h['label']}: {h['value']:.4g}{ci}" + (f" — {h['text']}" if h.get("text") else ""))
     return lines
-
-
-def finite_or_none(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
