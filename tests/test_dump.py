@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 import trainer.forward as forward
-from activations import Store
+from activations import Store, hook_name
 from trainer.base import load_base
 from trainer.cli import cli
 from trainer.data import load_tokens
@@ -111,6 +111,17 @@ def test_cli_bad_input_is_one_line(tmp_path, tiny_base_dir, args, needle):
     finally:
         sys.argv = old
     assert info.value.code == 2
+
+
+def test_hooks_all_on_a_frozen_base_takes_what_exists():
+    from trainer.dump import select_hooks
+
+    available = [hook_name(l, k) for l in range(2) for k in ("resid_pre", "resid_post", "attn_z")]
+    assert select_hooks("all", [0, 1], available) == sorted(available, key=lambda h: (int(h.split(".")[1]), h))
+    with pytest.raises(UserError, match="needs an adapted run"):
+        select_hooks("resid_post,skip_out", [0], available)
+    with_skip = [*available, hook_name(1, "skip_out")]
+    assert select_hooks("skip_out", [0, 1], with_skip) == [hook_name(1, "skip_out")]
 
 
 def test_parse_layers():

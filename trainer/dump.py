@@ -78,25 +78,25 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
 
 def select_hooks(spec: str, layers: list[int], available: list[str]) -> list[str]:
     """Hook names from a kinds list ('resid_post,attn_z', 'all') or explicit hook names."""
-    kinds, explicit = set(), []
+    kinds, explicit, skip_named = set(), [], False
     for part in (p.strip() for p in spec.split(",") if p.strip()):
         if part == "all":
             kinds.update({"resid_pre", "resid_post", "attn_z", "skip_out"})
         elif part in KIND_ALIASES:
             kinds.add(KIND_ALIASES[part])
+            skip_named = skip_named or KIND_ALIASES[part] == "skip_out"
         elif part.startswith("blocks."):
             parse_hook(part)  # ValueError with a clear message on a malformed name
             explicit.append(part)
         else:
             raise UserError(f"--hooks: unknown {part!r}; use kinds {sorted(set(KIND_ALIASES.values()))}, 'all', "
                             "or hook names like blocks.3.hook_resid_post")
-    wanted = [hook_name(l, k) for l in layers for k in sorted(kinds)] + explicit
-    missing = [h for h in wanted if h not in available]
-    if "skip_out" in kinds and not any(h.endswith("hook_skip_out") for h in available):
+    if skip_named and not any(h.endswith("hook_skip_out") for h in available):
         raise UserError("--hooks skip_out needs an adapted run directory as SOURCE; a frozen base has no skip path")
-    if spec.strip() == "all" or "skip_out" in kinds:  # skip_out exists only at adapted layers: keep those
-        wanted = [h for h in wanted if h in available or not h.endswith("hook_skip_out")]
-        missing = [h for h in wanted if h not in available]
+    # skip_out exists only at layers with a skip path: a kind request takes the layers that have one.
+    by_kind = [hook_name(l, k) for l in layers for k in sorted(kinds)]
+    wanted = [h for h in by_kind if h in available or parse_hook(h)[1] != "skip_out"] + explicit
+    missing = [h for h in wanted if h not in available]
     if missing:
         raise UserError(f"hook(s) not produced by this model: {', '.join(missing[:4])}")
     return sorted(dict.fromkeys(wanted), key=lambda h: (parse_hook(h)[0], h))
