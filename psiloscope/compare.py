@@ -72,7 +72,7 @@ def classify(spec: str) -> Side:
     if path.exists():
         raise ValueError(f"{spec}: not an activation store (.h5), a run directory (adapter.safetensors + "
                          "config.json) or an mlx-lm model directory")
-    if "/" in spec.strip("/") and spec.count("/") > 1 or spec.startswith((".", "/", "~")):
+    if spec.count("/") > 1 or spec.startswith((".", "/", "~")):  # a path, not an embedded name or hub id
         raise ValueError(f"{spec}: no such file or directory")
     return Side("base", spec)  # an embedded name or hub id: the trainer says if it is unknown
 
